@@ -1,0 +1,53 @@
+"""smtppool: a synchronous, thread-pooled SMTP transport for Python.
+
+The public API is re-exported here; see README.rst for a tour.
+"""
+
+from __future__ import annotations
+
+import logging
+
+from .auth import Credentials
+from .config import Options
+from .connection import SMTPConnection
+from .envelope import DSN, Envelope, SendResult
+from .errors import (
+    AuthenticationError,
+    ConnectError,
+    EnvelopeError,
+    MessageError,
+    PoolClosedError,
+    ProtocolError,
+    SMTPError,
+    SMTPTimeoutError,
+    TLSError,
+)
+from .oauth2 import OAuth2
+from .protocol import Extensions, Reply, SMTPProtocol
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "DSN",
+    "AuthenticationError",
+    "ConnectError",
+    "Credentials",
+    "Envelope",
+    "EnvelopeError",
+    "Extensions",
+    "MessageError",
+    "OAuth2",
+    "Options",
+    "PoolClosedError",
+    "ProtocolError",
+    "Reply",
+    "SMTPConnection",
+    "SMTPError",
+    "SMTPProtocol",
+    "SMTPTimeoutError",
+    "SendResult",
+    "TLSError",
+    "__version__",
+]
+
+logging.getLogger("smtppool").addHandler(logging.NullHandler())

@@ -1,0 +1,657 @@
+"""SMTPConnection: one blocking socket driving the sans-IO protocol.
+
+The only module that touches the network.  Every wait has a deadline, every low-level
+error is translated to an :class:`SMTPError` at one boundary (:meth:`_guard`), and any
+timeout, protocol error or connection loss closes the socket, so a desynchronised
+session can never be reused.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import functools
+import ipaddress
+import logging
+import socket
+import ssl
+import threading
+import time
+from collections.abc import Iterator, Mapping
+from types import TracebackType
+from typing import Any
+
+from .auth import Credentials, choose_mechanism, make_mechanism
+from .config import Options, make_ssl_context, normalise_auth
+from .envelope import Envelope, SendResult
+from .errors import (
+    AuthenticationError,
+    ConnectError,
+    EnvelopeError,
+    MessageError,
+    ProtocolError,
+    SMTPError,
+    SMTPTimeoutError,
+    TLSError,
+)
+from .message import MessageInput, MessageSource, prepare_message
+from .oauth2 import OAuth2
+from .protocol import Extensions, Reply, SMTPProtocol, State, decode_challenge
+
+__all__ = ["SMTPConnection"]
+
+#: Bytes asked of the socket per ``recv``.
+READ_CHUNK_BYTES = 64 * 1024
+#: Longest wait for the reply to QUIT: a graceful goodbye must not hold a shutdown.
+QUIT_TIMEOUT = 10.0
+#: Most 334 challenges accepted in one AUTH exchange.
+MAX_AUTH_ROUNDS = 10
+
+# Errors after which the session cannot be trusted: the socket is closed.
+_FATAL = (ConnectError, SMTPTimeoutError, TLSError, ProtocolError)
+
+
+@functools.lru_cache(maxsize=1)
+def _local_fqdn() -> str:
+    return socket.getfqdn()
+
+
+def _address_literal(sock: socket.socket) -> str:
+    address = sock.getsockname()[0] if sock.family in (socket.AF_INET, socket.AF_INET6) else ""
+    if not address:
+        return "[127.0.0.1]"
+    return f"[IPv6:{address}]" if ":" in address else f"[{address}]"
+
+
+class SMTPConnection:
+    """A single SMTP/LMTP client connection with blocking I/O and strict deadlines.
+
+    Takes the options of :class:`smtppool.SMTPPool` (pool-only ones are ignored) or an
+    ``options=`` :class:`~smtppool.config.Options`; ``sock`` is an already-connected
+    socket to use instead of dialling.  Use as a context manager to connect, log in
+    and QUIT automatically.
+    """
+
+    def __init__(
+        self, *, sock: socket.socket | None = None, options: Options | None = None, **settings: Any
+    ) -> None:
+        if options is None:
+            options = Options(**settings)
+        elif settings:
+            options = options.replace(**settings)
+        self.options = options
+        self._given_sock = sock
+        self._sock: socket.socket | None = None
+        self._protocol = SMTPProtocol(lmtp=options.lmtp)
+        self._log = options.logger or logging.getLogger("smtppool")
+        self._trace = options.transaction_log or options.debug
+        #: "implicit" or "STARTTLS" once TLS is up, else None.
+        self.tls_mode: str | None = None
+        #: The most recent reply from the server.
+        self.last_reply: Reply | None = None
+        #: Messages delivered on this connection (at least one recipient accepted).
+        self.messages_sent = 0
+        #: ``time.monotonic()`` when the session became ready, for connection_ttl.
+        self.connected_at: float | None = None
+
+    # -- properties --------------------------------------------------------------------
+
+    @property
+    def secure(self) -> bool:
+        """True when the connection is encrypted (implicit TLS or STARTTLS)."""
+        return self.tls_mode is not None
+
+    @property
+    def extensions(self) -> Extensions:
+        """What the server advertised in its last EHLO/LHLO reply."""
+        return self._protocol.extensions
+
+    @property
+    def state(self) -> State:
+        return self._protocol.state
+
+    @property
+    def is_connected(self) -> bool:
+        return self._sock is not None
+
+    def __repr__(self) -> str:
+        o = self.options
+        return (
+            f"<SMTPConnection {o.host}:{o.port} tls={self.tls_mode or 'none'} "
+            f"state={self.state.name if self._sock else 'DISCONNECTED'} "
+            f"messages={self.messages_sent}/{o.max_messages}>"
+        )
+
+    # -- the error boundary ------------------------------------------------------------
+
+    @contextlib.contextmanager
+    def _guard(self, doing: str) -> Iterator[None]:
+        """Translate low-level errors to SMTPError; close the socket when unsafe to go on."""
+        try:
+            try:
+                yield
+            except SMTPError:
+                raise
+            except TimeoutError as exc:  # socket.timeout; before OSError, of which it is one
+                raise SMTPTimeoutError(f"timed out {doing}") from exc
+            except socket.gaierror as exc:
+                raise ConnectError(
+                    f"cannot resolve {self.options.host!r}: {exc.strerror}", code="EDNS"
+                ) from exc
+            except (ssl.SSLError, ssl.CertificateError) as exc:
+                raise TLSError(f"TLS failure {doing}: {exc}") from exc
+            except OSError as exc:
+                raise ConnectError(f"connection failure {doing}: {exc}") from exc
+        except BaseException as exc:
+            if isinstance(exc, _FATAL) or not self._is_clean():
+                self.close()
+            raise
+
+    def _is_clean(self) -> bool:
+        """True when no reply is outstanding and no transaction or exchange is half done."""
+        return (
+            self._sock is not None
+            and self._protocol.pending == 0
+            and self._protocol.state in (State.HELLO, State.READY)
+        )
+
+    def _remaining(self, deadline: float, doing: str) -> float:
+        left = deadline - time.monotonic()
+        if left <= 0:
+            raise SMTPTimeoutError(f"timed out {doing}")
+        return left
+
+    # -- raw I/O -----------------------------------------------------------------------
+
+    def _socket(self) -> socket.socket:
+        if self._sock is None:
+            raise ConnectError("not connected (connect() first, or the connection was closed)")
+        return self._sock
+
+    def _write(self, data: bytes) -> None:
+        sock = self._socket()
+        sock.settimeout(self.options.socket_timeout)
+        sock.sendall(data)
+
+    def _read_reply(
+        self,
+        deadline: float | None = None,
+        doing: str = "waiting for a reply",
+        *,
+        closing_ok: bool = False,
+    ) -> Reply:
+        """Read one whole reply before ``deadline`` (default: ``socket_timeout`` from now).
+
+        The deadline covers the whole reply, so a server dripping bytes cannot extend it.
+        A 421 (server closing) raises :class:`ConnectError` unless ``closing_ok``.
+        """
+        sock = self._socket()
+        if deadline is None:
+            deadline = time.monotonic() + self.options.socket_timeout
+        protocol = self._protocol
+        while True:
+            reply = protocol.next_reply()
+            if reply is not None:
+                break
+            if protocol.peer_closed:
+                raise ConnectError(f"connection closed by the server while {doing}")
+            sock.settimeout(self._remaining(deadline, doing))
+            protocol.receive_data(sock.recv(READ_CHUNK_BYTES))
+        self.last_reply = reply
+        if self._trace:
+            self._log.debug(
+                "smtp %s:%s C: %s S: %s", self.options.host, self.options.port, reply.command, reply
+            )
+        if reply.code == 421 and not closing_ok:
+            raise ConnectError.from_reply(reply, "server is closing the session")
+        return reply
+
+    def _command(self, data: bytes, doing: str = "waiting for a reply") -> Reply:
+        self._write(data)
+        return self._read_reply(doing=doing)
+
+    # -- connecting --------------------------------------------------------------------
+
+    def connect(self) -> None:
+        """Open the session: TCP (or the given socket), TLS, greeting, EHLO, STARTTLS.
+
+        Does not log in (see :meth:`login`).
+
+        :raises ConnectError: refused, unreachable, closed, or a non-220 greeting.
+        :raises SMTPTimeoutError: ``connection_timeout`` or ``greeting_timeout`` passed.
+        :raises TLSError: the TLS handshake failed or STARTTLS was required but impossible.
+        """
+        if self._sock is not None:
+            raise ValueError("already connected")
+        opts = self.options
+        with self._guard("connecting"):
+            try:
+                self._open_session(starttls=not opts.ignore_tls)
+            except TLSError:
+                # A handshake that failed after STARTTLS was accepted: opportunistic_tls
+                # means the caller prefers plaintext to no mail, so dial again without it.
+                if not (
+                    opts.opportunistic_tls
+                    and not opts.secure
+                    and self.tls_mode is None
+                    and self._given_sock is None
+                    and self._protocol.state == State.HELLO
+                ):
+                    raise
+                self._log.warning(
+                    "STARTTLS with %s:%s failed; continuing without TLS (opportunistic_tls)",
+                    opts.host,
+                    opts.port,
+                )
+                self.close()
+                self._open_session(starttls=False)
+        self.connected_at = time.monotonic()
+        self._log.info(
+            "connected to %s:%s (tls=%s, extensions=%s)",
+            opts.host,
+            opts.port,
+            self.tls_mode or "none",
+            ",".join(self.extensions) or "-",
+        )
+
+    def _open_session(self, *, starttls: bool) -> None:
+        opts = self.options
+        self._protocol = SMTPProtocol(lmtp=opts.lmtp)
+        self.tls_mode = None
+        deadline = time.monotonic() + opts.connection_timeout
+        self._sock = self._open_socket(deadline)
+        if opts.secure:
+            self._start_tls(deadline, "implicit")
+        greeting = self._read_reply(
+            time.monotonic() + opts.greeting_timeout, "waiting for the greeting"
+        )
+        if greeting.code != 220:
+            raise ConnectError.from_reply(greeting, "server refused the session")
+        self._hello()
+        if starttls and not opts.secure:
+            self._starttls()
+
+    def _open_socket(self, deadline: float) -> socket.socket:
+        if self._given_sock is not None:
+            sock, self._given_sock = self._given_sock, None
+            return sock
+        if self.options.get_socket is not None:
+            provided = self.options.get_socket(self.options)
+            if provided is not None:
+                if not isinstance(provided, socket.socket):
+                    raise TypeError("get_socket must return a connected socket.socket or None")
+                return provided
+        return self._dial(deadline)
+
+    def _dial(self, deadline: float) -> socket.socket:
+        """Connect to each resolved address in turn until one answers."""
+        opts = self.options
+        last_error: OSError | None = None
+        for family, kind, proto, _, address in self._resolve(deadline):
+            sock = socket.socket(family, kind, proto)
+            try:
+                if opts.local_address:
+                    sock.bind((opts.local_address, 0))
+                sock.settimeout(self._remaining(deadline, f"connecting to {opts.host}"))
+                sock.connect(address)
+            except OSError as exc:
+                sock.close()
+                last_error = exc
+                continue
+            except BaseException:
+                sock.close()
+                raise
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            return sock
+        assert last_error is not None
+        raise last_error
+
+    def _resolve(self, deadline: float) -> list[Any]:
+        """``getaddrinfo`` bounded by the connect deadline (it has no timeout of its own)."""
+        host, port = self.options.host, self.options.port
+        try:
+            ipaddress.ip_address(host)
+        except ValueError:
+            pass
+        else:  # a literal address resolves without a lookup
+            return socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
+        outcome: list[Any] = []
+        done = threading.Event()
+
+        def lookup() -> None:
+            try:
+                outcome.append(socket.getaddrinfo(host, port, type=socket.SOCK_STREAM))
+            except BaseException as exc:  # handed to the waiting thread
+                outcome.append(exc)
+            finally:
+                done.set()
+
+        threading.Thread(target=lookup, name="smtppool-resolve", daemon=True).start()
+        if not done.wait(self._remaining(deadline, f"resolving {host}")):
+            raise SMTPTimeoutError(f"timed out resolving {host}")
+        if isinstance(outcome[0], BaseException):
+            raise outcome[0]
+        result: list[Any] = outcome[0]
+        return result
+
+    def _start_tls(self, deadline: float, mode: str) -> None:
+        sock = self._socket()
+        sock.settimeout(self._remaining(deadline, "in the TLS handshake"))
+        context = make_ssl_context(self.options.tls)
+        self._sock = context.wrap_socket(sock, server_hostname=self.options.server_hostname)
+        self.tls_mode = mode
+
+    def _hello(self) -> None:
+        opts = self.options
+        name = opts.name or _local_fqdn()
+        if "." not in name or not name.isascii():
+            name = _address_literal(self._socket())
+        reply = self._command(self._protocol.ehlo(name))
+        if not reply.is_positive and not opts.lmtp:
+            reply = self._command(self._protocol.helo(name))
+        if not reply.is_positive:
+            raise ProtocolError.from_reply(reply, "server refused EHLO and HELO")
+
+    def _starttls(self) -> None:
+        opts = self.options
+        if "STARTTLS" not in self.extensions:
+            if opts.require_tls:
+                raise TLSError("server does not offer STARTTLS and require_tls is set")
+            return
+        reply = self._command(self._protocol.starttls())
+        if reply.code != 220:
+            if opts.opportunistic_tls:
+                self._log.warning("server refused STARTTLS (%s); continuing without TLS", reply)
+                return
+            raise TLSError.from_reply(reply, "server refused STARTTLS")
+        self._start_tls(time.monotonic() + opts.connection_timeout, "STARTTLS")
+        self._hello()
+
+    # -- authentication ----------------------------------------------------------------
+
+    def login(self, auth: Any = None) -> None:
+        """Authenticate with ``auth`` or the configured credentials; no-op when there are none.
+
+        :raises AuthenticationError: refused, no suitable mechanism, or credentials would
+            travel in plaintext to a host that is not loopback.
+        """
+        credentials = normalise_auth(auth) if auth is not None else self.options.auth
+        if credentials is None:
+            return
+        with self._guard("authenticating"):
+            self._require(State.READY)
+            plaintext_ok = self.options.allow_plaintext_auth or self._on_loopback()
+            if not self.secure and not plaintext_ok:
+                raise AuthenticationError(
+                    f"refusing to send credentials to {self.options.host} over an unencrypted "
+                    "connection; use TLS (secure=True or STARTTLS) or allow_plaintext_auth=True"
+                )
+            if "AUTH" not in self.extensions:
+                raise AuthenticationError(
+                    "server does not offer AUTH" + ("" if self.secure else " (before TLS)")
+                )
+            method = choose_mechanism(
+                self.extensions.auth_mechanisms,
+                oauth2=isinstance(credentials, OAuth2),
+                forced=self.options.auth_method,
+            )
+            reply = self._login_with(method, credentials)
+            if reply.code != 235:
+                raise AuthenticationError.from_reply(reply, f"AUTH {method} failed")
+        self._log.info(
+            "authenticated to %s as %s with %s", self.options.host, credentials.user, method
+        )
+
+    def _login_with(self, method: str, credentials: Credentials | OAuth2) -> Reply:
+        if isinstance(credentials, Credentials):
+            return self._sasl(method, credentials.user, credentials.password)
+        token = credentials.get_token()
+        reply = self._sasl(method, credentials.user, token)
+        if reply.code != 235 and credentials.can_refresh:  # a revoked token: refresh once
+            self._log.info("XOAUTH2 token for %s rejected; refreshing once", credentials.user)
+            reply = self._sasl(method, credentials.user, credentials.refresh(rejected=token))
+        return reply
+
+    def _sasl(self, method: str, user: str, secret: str) -> Reply:
+        mechanism = make_mechanism(method, user, secret)
+        reply = self._command(self._protocol.auth(method, mechanism.initial_response()))
+        for _ in range(MAX_AUTH_ROUNDS):
+            if reply.code != 334:
+                return reply
+            answer = mechanism.respond(decode_challenge(reply))
+            reply = self._command(self._protocol.auth_continue(answer))
+        raise ProtocolError(f"AUTH {method}: more than {MAX_AUTH_ROUNDS} challenges")
+
+    def _on_loopback(self) -> bool:
+        try:
+            peer = self._socket().getpeername()
+            return ipaddress.ip_address(peer[0]).is_loopback
+        except (OSError, ValueError, TypeError, IndexError):
+            return False
+
+    def _require(self, state: State) -> None:
+        self._socket()
+        if self._protocol.state != state or self._protocol.pending:
+            raise ConnectError(f"connection is not ready (state {self._protocol.state.name})")
+
+    # -- sending -----------------------------------------------------------------------
+
+    def send(self, envelope: Envelope | Mapping[str, Any], message: MessageInput) -> SendResult:
+        """Send one message in one transaction and report each recipient's fate.
+
+        Some recipients refused still delivers to the others (see ``SendResult.rejected``).
+
+        :raises EnvelopeError: the sender or every recipient was refused, or an address
+            needs SMTPUTF8 that the server lacks.
+        :raises MessageError: the message was refused or exceeds the advertised SIZE.
+        :raises ConnectError: the connection was lost; ``delivery_unknown`` is set when
+            that happened after the end of the data and before the reply.
+        """
+        env = Envelope.coerce(envelope)
+        source = prepare_message(message, international=env.is_international)
+        with self._guard("sending a message"):
+            self._require(State.READY)
+            result = self._transaction(env, source)
+        self.messages_sent += 1
+        self._log.debug(
+            "sent message from <%s> to %d of %d recipient(s): %s",
+            env.mail_from,
+            len(result.accepted),
+            len(env.rcpt_to),
+            result.response,
+        )
+        return result
+
+    def _transaction(self, env: Envelope, source: MessageSource) -> SendResult:
+        ext, p = self.extensions, self._protocol
+        smtputf8 = env.is_international
+        if smtputf8 and "SMTPUTF8" not in ext:
+            raise EnvelopeError("an address is not ASCII and the server does not offer SMTPUTF8")
+        size = env.size if env.size is not None else source.size
+        if size is not None and ext.size is not None and size > ext.size:
+            raise MessageError(f"message is {size} bytes; the server accepts at most {ext.size}")
+        pipelining, chunking = "PIPELINING" in ext, "CHUNKING" in ext
+        mail = p.mail(
+            env.mail_from,
+            size=size,
+            smtputf8=smtputf8,
+            dsn=env.dsn,
+            eight_bit=env.use_8bit_mime or source.eight_bit,
+        )
+        n = len(env.rcpt_to)
+        if pipelining:
+            batch = [mail, *(p.rcpt(r, dsn=env.dsn) for r in env.rcpt_to)]
+            if not chunking:
+                batch.append(p.data())
+            self._write(b"".join(batch))
+            replies = [self._read_reply() for _ in batch]
+        else:
+            replies = [self._command(mail)]
+            if replies[0].is_positive:
+                replies += [self._command(p.rcpt(r, dsn=env.dsn)) for r in env.rcpt_to]
+        mail_reply, rcpt_replies = replies[0], replies[1 : n + 1]
+        data_reply = replies[n + 1] if len(replies) > n + 1 else None
+        accepted: list[str] = []
+        rejected: list[str] = []
+        errors: list[SMTPError] = []
+        responses: dict[str, str] = {}
+        for recipient, reply in zip(env.rcpt_to, rcpt_replies, strict=False):
+            responses[recipient] = str(reply)
+            if reply.is_positive:
+                accepted.append(recipient)
+            else:
+                rejected.append(recipient)
+                errors.append(EnvelopeError.from_reply(reply, f"recipient <{recipient}> refused"))
+        failure: SMTPError | None = None
+        if not mail_reply.is_positive:
+            failure = EnvelopeError.from_reply(mail_reply, f"sender <{env.mail_from}> refused")
+        elif not accepted:
+            failure = EnvelopeError.from_reply(rcpt_replies[-1], "every recipient was refused")
+        if failure is not None:
+            if data_reply is not None and data_reply.code == 354:
+                self._write(p.end_data())  # RFC 2920 §3.1: an accepted DATA must be closed
+                self._read_reply()
+            self._abort()
+            raise failure
+        if chunking:
+            finals = self._send_chunks(source, len(accepted))
+        else:
+            if data_reply is None:
+                data_reply = self._command(p.data())
+            if data_reply.code != 354:
+                self._abort()
+                raise MessageError.from_reply(data_reply, "DATA refused")
+            finals = self._send_data(source, len(accepted))
+        return self._outcome(env, accepted, rejected, errors, responses, finals)
+
+    def _abort(self) -> None:
+        """Reset the session after a transaction failed before its data was complete."""
+        reply = self._command(self._protocol.rset())
+        if not reply.is_positive:
+            raise ProtocolError.from_reply(reply, "RSET refused")
+
+    def _stream(self, data: bytes) -> None:
+        if data:
+            if self.options.debug:
+                self._log.debug("smtp %s content: %r", self.options.host, data)
+            self._write(data)
+
+    def _send_data(self, source: MessageSource, accepted: int) -> list[Reply]:
+        p = self._protocol
+        for chunk in source.chunks:
+            self._stream(p.send_data(chunk))
+        return self._finish(p.end_data(), accepted)
+
+    def _send_chunks(self, source: MessageSource, accepted: int) -> list[Reply]:
+        """BDAT (CHUNKING): each chunk announced with its size, the last one with LAST."""
+        p = self._protocol
+        chunk = next(source.chunks, b"")
+        for following in source.chunks:
+            self._stream(p.bdat(chunk))
+            reply = self._read_reply()
+            if not reply.is_positive:
+                self._abort()
+                raise MessageError.from_reply(reply, "BDAT refused")
+            chunk = following
+        return self._finish(p.bdat(chunk, last=True), accepted)
+
+    def _finish(self, end: bytes, accepted: int) -> list[Reply]:
+        """Send the end of the data and read the verdict (one per recipient under LMTP)."""
+        try:
+            self._stream(end)
+            count = accepted if self.options.lmtp else 1
+            return [
+                self._read_reply(doing="waiting for the reply to the message") for _ in range(count)
+            ]
+        except (ConnectError, SMTPTimeoutError) as exc:
+            if exc.response_code is None:  # lost without a verdict: it may have been accepted
+                exc.delivery_unknown = True
+            raise
+
+    def _outcome(
+        self,
+        env: Envelope,
+        accepted: list[str],
+        rejected: list[str],
+        errors: list[SMTPError],
+        responses: dict[str, str],
+        finals: list[Reply],
+    ) -> SendResult:
+        if self.options.lmtp:
+            for recipient, reply in zip(list(accepted), finals, strict=True):
+                responses[recipient] = str(reply)
+                if not reply.is_positive:
+                    accepted.remove(recipient)
+                    rejected.append(recipient)
+                    errors.append(
+                        MessageError.from_reply(reply, f"message refused for <{recipient}>")
+                    )
+        elif not finals[0].is_positive:
+            raise MessageError.from_reply(finals[0], "message refused")
+        if not accepted:
+            raise MessageError.from_reply(finals[-1], "message refused for every recipient")
+        return SendResult(accepted, rejected, errors, str(finals[-1]), env, responses)
+
+    # -- session control ---------------------------------------------------------------
+
+    def reset(self) -> Reply:
+        """RSET: abandon any transaction and return to a clean session."""
+        with self._guard("resetting"):
+            reply = self._command(self._protocol.rset())
+            if not reply.is_positive:
+                raise ProtocolError.from_reply(reply, "RSET refused")
+            return reply
+
+    def noop(self) -> Reply:
+        """NOOP: check that the server still answers."""
+        with self._guard("sending NOOP"):
+            reply = self._command(self._protocol.noop())
+            if not reply.is_positive:
+                raise ProtocolError.from_reply(reply, "NOOP refused")
+            return reply
+
+    def quit(self) -> None:
+        """Say goodbye and close; a server that just hangs up (even mid-TLS) is fine too."""
+        if self._sock is None:
+            return
+        try:
+            with self._guard("quitting"):
+                if self._protocol.state in (State.CLOSED, State.FAILED) or self._protocol.pending:
+                    return
+                self._write(self._protocol.quit())
+                self._read_reply(
+                    time.monotonic() + min(self.options.socket_timeout, QUIT_TIMEOUT),
+                    "quitting",
+                    closing_ok=True,
+                )
+        except (ConnectError, TLSError, SMTPTimeoutError) as exc:
+            self._log.debug("ignoring %s while quitting %s", exc.code, self.options.host)
+        finally:
+            self.close()
+
+    def close(self) -> None:
+        """Close the socket at once; idempotent and never raises."""
+        sock, self._sock = self._sock, None
+        if sock is not None:
+            with contextlib.suppress(OSError):
+                sock.close()
+
+    def __enter__(self) -> SMTPConnection:
+        if self._sock is None:
+            self.connect()
+            try:
+                self.login()
+            except BaseException:
+                self.close()
+                raise
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        if exc is None:
+            self.quit()
+        else:
+            self.close()

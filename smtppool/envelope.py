@@ -1,0 +1,182 @@
+"""Envelope values: who a message is from and to, DSN requests, and what came of a send.
+
+Also the one place that checks envelope addresses (no CR/LF/NUL or other control
+characters can reach a command line) and derives an envelope from message headers the
+way :meth:`smtplib.SMTP.send_message` does.  Plain data and pure functions only.
+"""
+
+from __future__ import annotations
+
+import email.utils
+import re
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from email.message import Message
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from .errors import SMTPError
+
+__all__ = ["DSN", "Envelope", "SendResult", "check_address", "envelope_from_message"]
+
+_FORBIDDEN = re.compile(r"[\x00-\x1f\x7f<>]")
+_NOTIFY_VALUES = frozenset({"NEVER", "SUCCESS", "FAILURE", "DELAY"})
+
+
+def check_address(address: object, what: str = "address") -> str:
+    """Return ``address`` if it can go between ``<`` and ``>`` in a command, else raise.
+
+    :raises TypeError: not a string.
+    :raises ValueError: contains CR, LF, NUL, another control character, ``<`` or ``>``.
+    """
+    if not isinstance(address, str):
+        raise TypeError(f"{what} must be a str, not {type(address).__name__}")
+    bad = _FORBIDDEN.search(address)
+    if bad:
+        raise ValueError(f"{what} {address!r} contains the forbidden character {bad.group()!r}")
+    if address != address.strip():
+        raise ValueError(f"{what} {address!r} has leading or trailing white space")
+    return address
+
+
+@dataclass(frozen=True, slots=True)
+class DSN:
+    """Delivery status notification request (RFC 3461), used when the server offers DSN."""
+
+    ret: str | None = None  #: "FULL" or "HDRS"
+    envid: str | None = None
+    notify: Sequence[str] | None = None  #: any of NEVER, SUCCESS, FAILURE, DELAY
+    orcpt: str | None = None  #: original recipient, e.g. "rfc822;user@example.com"
+
+    def __post_init__(self) -> None:
+        if self.ret is not None:
+            ret = self.ret.upper()
+            if ret not in ("FULL", "HDRS"):
+                raise ValueError(f"DSN ret must be 'FULL' or 'HDRS', not {self.ret!r}")
+            object.__setattr__(self, "ret", ret)
+        if self.notify is not None:
+            if isinstance(self.notify, str):
+                notify = tuple(v.strip().upper() for v in self.notify.split(","))
+            else:
+                notify = tuple(str(v).upper() for v in self.notify)
+            unknown = set(notify) - _NOTIFY_VALUES
+            if unknown or not notify:
+                raise ValueError(
+                    f"DSN notify values must be among {sorted(_NOTIFY_VALUES)}, got {self.notify!r}"
+                )
+            if "NEVER" in notify and len(notify) > 1:
+                raise ValueError("DSN notify 'NEVER' cannot be combined with other values")
+            object.__setattr__(self, "notify", notify)
+        for name in ("envid", "orcpt"):
+            value = getattr(self, name)
+            if value is not None:
+                check_address(value, f"DSN {name}")
+
+
+def _recipients(value: object) -> tuple[str, ...]:
+    if isinstance(value, str):
+        items: Iterable[object] = [value]
+    elif isinstance(value, Iterable):
+        items = value
+    else:
+        raise TypeError(f"recipients must be str or a sequence of str, not {type(value).__name__}")
+    return tuple(check_address(item, "recipient") for item in items)
+
+
+@dataclass(frozen=True, slots=True)
+class Envelope:
+    """The SMTP envelope: ``MAIL FROM`` and ``RCPT TO``, independent of the headers.
+
+    ``mail_from`` may be ``""`` (the null reverse-path of bounces); ``rcpt_to`` takes a
+    single address or a sequence.  ``size`` overrides the size announced with SIZE;
+    ``use_8bit_mime`` declares 8-bit content that cannot be detected (files, iterables).
+    """
+
+    mail_from: str
+    rcpt_to: Sequence[str]
+    size: int | None = None
+    use_8bit_mime: bool = False
+    dsn: DSN | None = None
+
+    def __post_init__(self) -> None:
+        check_address(self.mail_from, "sender")
+        recipients = _recipients(self.rcpt_to)
+        if not recipients:
+            raise ValueError("an envelope needs at least one recipient")
+        object.__setattr__(self, "rcpt_to", recipients)
+        if self.size is not None and (not isinstance(self.size, int) or self.size < 0):
+            raise ValueError(f"envelope size must be a non-negative int, not {self.size!r}")
+        if self.dsn is not None and not isinstance(self.dsn, DSN):
+            raise TypeError(f"dsn must be a smtppool.DSN, not {type(self.dsn).__name__}")
+
+    @property
+    def is_international(self) -> bool:
+        """True when an address needs SMTPUTF8 (RFC 6531)."""
+        return not all(a.isascii() for a in (self.mail_from, *self.rcpt_to))
+
+    @classmethod
+    def coerce(cls, value: Envelope | Mapping[str, Any]) -> Envelope:
+        """Accept an :class:`Envelope` or a mapping with ``"from"`` and ``"to"`` keys."""
+        if isinstance(value, Envelope):
+            return value
+        if isinstance(value, Mapping):
+            extra = set(value) - {"from", "to", "size", "use_8bit_mime", "dsn"}
+            if extra or "from" not in value or "to" not in value:
+                raise ValueError(
+                    "an envelope mapping needs 'from' and 'to' keys"
+                    + (f"; unknown keys: {sorted(extra)}" if extra else "")
+                )
+            dsn = value.get("dsn")
+            return cls(
+                value["from"],
+                value["to"],
+                size=value.get("size"),
+                use_8bit_mime=bool(value.get("use_8bit_mime", False)),
+                dsn=DSN(**dsn) if isinstance(dsn, Mapping) else dsn,
+            )
+        raise TypeError(f"envelope must be an Envelope or a mapping, not {type(value).__name__}")
+
+
+@dataclass(frozen=True, slots=True)
+class SendResult:
+    """What the server did with one message."""
+
+    accepted: list[str]
+    rejected: list[str]
+    rejected_errors: list[SMTPError]
+    #: The final reply, code included, e.g. ``"250 2.0.0 Ok: queued as 4F2A"``.
+    response: str
+    envelope: Envelope
+    #: The reply that decided each recipient's fate (RCPT, or LMTP's per-recipient reply).
+    recipient_responses: dict[str, str] = field(default_factory=dict)
+
+
+def envelope_from_message(message: Message) -> Envelope:
+    """Derive the envelope from headers exactly as :meth:`smtplib.SMTP.send_message` does.
+
+    With one ``Resent-*`` block, ``Resent-Sender``/``Resent-From`` and
+    ``Resent-To``/``Resent-Cc``/``Resent-Bcc`` are used; otherwise ``Sender``/``From`` and
+    ``To``/``Cc``/``Bcc``.
+
+    :raises ValueError: several ``Resent-`` blocks, or no sender or recipient found.
+    """
+    resent = message.get_all("Resent-Date")
+    if resent is None:
+        prefix = ""
+    elif len(resent) == 1:
+        prefix = "Resent-"
+    else:
+        raise ValueError("message has more than one 'Resent-' header block")
+    sender_header = message[prefix + "Sender"] or message[prefix + "From"]
+    if sender_header is None:
+        raise ValueError(f"message has no {prefix}From or {prefix}Sender header")
+    senders = email.utils.getaddresses([str(sender_header)])
+    recipient_headers = [
+        str(value)
+        for name in ("To", "Bcc", "Cc")
+        for value in (message.get_all(prefix + name) or [])
+    ]
+    recipients = [addr for _, addr in email.utils.getaddresses(recipient_headers) if addr]
+    if not recipients:
+        raise ValueError(f"message has no {prefix}To, {prefix}Cc or {prefix}Bcc recipient")
+    return Envelope(senders[0][1], recipients)

@@ -1,0 +1,157 @@
+"""Message content: turning any supported message into a bounded stream of wire bytes.
+
+:class:`DataEncoder` normalises line endings to CRLF and, for ``DATA``, stuffs leading
+dots, one chunk at a time with one byte of carried state, so no byte sequence in a body
+can end the data early or smuggle a second message.  :func:`prepare_message` turns an
+``EmailMessage``, bytes, str, binary file or iterable of chunks into chunks without
+ever reading a file whole.  Pure functions; no sockets, threads or clocks.
+"""
+
+from __future__ import annotations
+
+import copy
+import io
+import os
+import re
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass
+from email.generator import BytesGenerator
+from email.message import Message
+from typing import Any, BinaryIO
+
+__all__ = ["CHUNK_BYTES", "DataEncoder", "MessageInput", "MessageSource", "prepare_message"]
+
+#: Size of the pieces a message is read and sent in.
+CHUNK_BYTES = 64 * 1024
+
+MessageInput = Message | bytes | bytearray | memoryview | str | BinaryIO | Iterable[bytes]
+
+_LINE_BREAK = re.compile(rb"\r\n|\r|\n")
+
+
+class DataEncoder:
+    """Stream encoder for message content: CRLF line endings, optional dot-stuffing.
+
+    Every bare CR and bare LF becomes CRLF (a CR at the end of a chunk is written as
+    CRLF at once and an LF opening the next chunk is then dropped), so a ``.`` after a
+    bare CR is at a line start and gets stuffed too: the SMTP-smuggling defence.
+    ``dot_stuff=False`` is the BDAT (CHUNKING) flavour: same normalisation, no stuffing.
+    Chunks with consistent CRLFs take a fast path of C-level ``count``/``replace`` calls.
+    """
+
+    __slots__ = ("dot_stuff", "_at_line_start", "_skip_lf")
+
+    def __init__(self, *, dot_stuff: bool = True) -> None:
+        self.dot_stuff = dot_stuff
+        self._at_line_start = True  # the next output byte starts a line
+        self._skip_lf = False  # input ended in CR, already written as CRLF
+
+    def feed(self, chunk: bytes | bytearray | memoryview) -> bytes:
+        """Encode the next piece of content."""
+        data = bytes(chunk)
+        if self._skip_lf and data[:1] == b"\n":
+            data = data[1:]
+        if not data:
+            return b""
+        self._skip_lf = data[-1:] == b"\r"
+        crlf = data.count(b"\r\n")
+        if data.count(b"\r") != crlf or data.count(b"\n") != crlf:
+            data = _LINE_BREAK.sub(b"\r\n", data)
+        if self.dot_stuff:
+            data = data.replace(b"\n.", b"\n..")
+            if self._at_line_start and data[:1] == b".":
+                data = b"." + data
+        self._at_line_start = data[-1:] == b"\n"
+        return data
+
+    def finish(self) -> bytes:
+        """End the content: complete the last line and, for DATA, add the terminator."""
+        if self.dot_stuff:
+            return b".\r\n" if self._at_line_start else b"\r\n.\r\n"
+        return b"" if self._at_line_start else b"\r\n"
+
+
+@dataclass(slots=True)
+class MessageSource:
+    """A message ready to stream: its chunks, and what is known about it up front."""
+
+    chunks: Iterator[bytes]
+    size: int | None  #: bytes, when known without reading (for the SIZE extension)
+    eight_bit: bool  #: content known to contain bytes above 0x7f
+
+
+def flatten_message(message: Message, *, international: bool = False) -> bytes:
+    """Serialise like :meth:`smtplib.SMTP.send_message`: CRLF, Bcc and Resent-Bcc removed."""
+    message = copy.copy(message)
+    del message["Bcc"]
+    del message["Resent-Bcc"]
+    policy = message.policy.clone(utf8=True) if international else message.policy  # type: ignore[call-arg]
+    buffer = io.BytesIO()
+    BytesGenerator(buffer, policy=policy).flatten(message, linesep="\r\n")
+    return buffer.getvalue()
+
+
+def _slices(data: bytes, chunk_size: int) -> Iterator[bytes]:
+    view = memoryview(data)
+    for start in range(0, len(view), chunk_size):
+        yield bytes(view[start : start + chunk_size])
+
+
+def _read_file(file: BinaryIO, chunk_size: int) -> Iterator[bytes]:
+    while True:
+        chunk = file.read(chunk_size)
+        if not chunk:
+            return
+        if not isinstance(chunk, (bytes, bytearray)):
+            raise TypeError("message files must be opened in binary mode ('rb')")
+        yield bytes(chunk)
+
+
+def _checked_chunks(chunks: Iterable[Any]) -> Iterator[bytes]:
+    for chunk in chunks:
+        if not isinstance(chunk, (bytes, bytearray, memoryview)):
+            raise TypeError(f"message chunks must be bytes, not {type(chunk).__name__}")
+        yield bytes(chunk)
+
+
+def _remaining_file_size(file: Any) -> int | None:
+    """Bytes left to read, from ``fstat`` or by seeking; None for pipes and sockets."""
+    try:
+        position: int = file.tell()
+        try:
+            total: int = os.fstat(file.fileno()).st_size
+        except (AttributeError, OSError, io.UnsupportedOperation):
+            if not file.seekable():
+                return None
+            total = file.seek(0, io.SEEK_END)
+            file.seek(position)
+    except (AttributeError, OSError, ValueError, io.UnsupportedOperation):
+        return None
+    return max(total - position, 0)
+
+
+def prepare_message(
+    message: MessageInput, *, international: bool = False, chunk_size: int = CHUNK_BYTES
+) -> MessageSource:
+    """Describe ``message`` as a stream of chunks, reading nothing that is not in memory.
+
+    :raises TypeError: an unsupported message type, or a file opened in text mode.
+    """
+    if isinstance(message, Message):
+        message = flatten_message(message, international=international)
+    elif isinstance(message, str):
+        message = message.encode("utf-8")
+    if isinstance(message, (bytes, bytearray, memoryview)):
+        data = bytes(message)
+        return MessageSource(_slices(data, chunk_size), len(data), not data.isascii())
+    if hasattr(message, "read"):
+        if isinstance(message, io.TextIOBase):
+            raise TypeError("message files must be opened in binary mode ('rb')")
+        file: BinaryIO = message  # type: ignore[assignment]
+        return MessageSource(_read_file(file, chunk_size), _remaining_file_size(file), False)
+    if isinstance(message, Iterable):
+        return MessageSource(_checked_chunks(message), None, False)
+    raise TypeError(
+        "message must be an email.message.Message, bytes, str, a binary file "
+        f"or an iterable of bytes, not {type(message).__name__}"
+    )

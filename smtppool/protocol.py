@@ -1,0 +1,495 @@
+"""Sans-IO SMTP/LMTP client protocol: intents in, command bytes out; bytes in, replies out.
+
+:class:`SMTPProtocol` never touches a socket, a thread or a clock (h11's rule).  Command
+builders check the client's state and their arguments *before* producing bytes, and
+push an expectation onto a FIFO so each parsed :class:`Reply` comes back tagged with the
+command it answers; that FIFO is also what enforces RFC 2920 pipelining groups.
+Misbehaviour by the peer raises :class:`ProtocolError` and leaves the object ``FAILED``.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import enum
+import re
+from collections import deque
+from collections.abc import Iterable, Iterator, Mapping
+from dataclasses import dataclass
+from typing import NoReturn
+
+from .envelope import DSN, check_address
+from .errors import ProtocolError
+from .message import DataEncoder
+
+__all__ = ["Extensions", "Reply", "SMTPProtocol", "State", "decode_challenge", "xtext"]
+
+#: Longest reply line accepted, without its CRLF.
+MAX_LINE_LENGTH = 8 * 1024
+#: Most lines accepted in one multi-line reply.
+MAX_REPLY_LINES = 1000
+
+_ENHANCED = re.compile(r"^([245])\.(\d{1,3})\.(\d{1,3})(?:\s|$)")
+_CONTROL = re.compile(r"[\x00-\x1f\x7f]")
+
+
+class State(enum.Enum):
+    """Where the client stands in the SMTP dialogue."""
+
+    GREETING = "GREETING"  #: waiting for the server's greeting
+    HELLO = "HELLO"  #: EHLO/LHLO/HELO needed (new connection, or just after STARTTLS)
+    READY = "READY"  #: between transactions
+    AUTH = "AUTH"  #: inside an AUTH exchange
+    MAIL = "MAIL"  #: MAIL sent
+    RCPT = "RCPT"  #: at least one RCPT sent
+    DATA = "DATA"  #: DATA sent, waiting for 354
+    MESSAGE = "MESSAGE"  #: 354 received: content may be sent, then the end of data
+    BDAT = "BDAT"  #: BDAT chunks under way, LAST not yet sent
+    CLOSED = "CLOSED"  #: QUIT sent, 421 received, or the server closed the connection
+    FAILED = "FAILED"  #: a protocol error happened; the object refuses further use
+
+
+_S = State
+#: verb -> (states it may be issued in, state right after issuing it or None to keep).
+_TRANSITIONS: dict[str, tuple[frozenset[State], State | None]] = {
+    "EHLO": (frozenset({_S.HELLO, _S.READY}), None),
+    "LHLO": (frozenset({_S.HELLO, _S.READY}), None),
+    "HELO": (frozenset({_S.HELLO, _S.READY}), None),
+    "STARTTLS": (frozenset({_S.READY}), None),
+    "AUTH": (frozenset({_S.READY}), _S.AUTH),
+    "MAIL": (frozenset({_S.READY}), _S.MAIL),
+    "RCPT": (frozenset({_S.MAIL, _S.RCPT}), _S.RCPT),
+    "DATA": (frozenset({_S.RCPT}), _S.DATA),
+    "BDAT": (frozenset({_S.RCPT, _S.BDAT}), _S.BDAT),
+    "RSET": (frozenset({_S.READY, _S.MAIL, _S.RCPT, _S.BDAT}), _S.READY),
+    "NOOP": (frozenset({_S.HELLO, _S.READY, _S.MAIL, _S.RCPT}), None),
+    "QUIT": (
+        frozenset({_S.GREETING, _S.HELLO, _S.READY, _S.AUTH, _S.MAIL, _S.RCPT, _S.BDAT}),
+        _S.CLOSED,
+    ),
+}
+#: Commands after which nothing may be pipelined until their reply is in (RFC 2920 §3.1).
+_GROUP_ENDERS = frozenset(
+    {"<greeting>", "EHLO", "LHLO", "HELO", "STARTTLS", "AUTH", "QUIT", "NOOP", "DATA"}
+)
+
+
+@dataclass(frozen=True, slots=True)
+class Reply:
+    """One complete server reply."""
+
+    code: int
+    lines: tuple[str, ...]
+    #: The command it answers, credentials redacted; None for an unsolicited reply.
+    command: str | None = None
+
+    @property
+    def text(self) -> str:
+        return "\n".join(self.lines)
+
+    @property
+    def enhanced(self) -> tuple[int, int, int] | None:
+        """The RFC 3463 enhanced status code of the first line, e.g. ``(2, 1, 0)``."""
+        match = _ENHANCED.match(self.lines[0]) if self.lines else None
+        return (int(match[1]), int(match[2]), int(match[3])) if match else None
+
+    @property
+    def is_positive(self) -> bool:
+        return 200 <= self.code < 400
+
+    @property
+    def is_transient(self) -> bool:
+        return 400 <= self.code < 500
+
+    @property
+    def is_permanent(self) -> bool:
+        return self.code >= 500
+
+    def __str__(self) -> str:
+        return " ".join((str(self.code), *self.lines)).rstrip()
+
+
+class Extensions(Mapping[str, str]):
+    """ESMTP keywords from a successful EHLO/LHLO reply, looked up case-insensitively."""
+
+    __slots__ = ("_items", "auth_mechanisms", "size")
+
+    def __init__(
+        self, items: Mapping[str, str] | None = None, auth_mechanisms: Iterable[str] = ()
+    ) -> None:
+        self._items = {k.upper(): v for k, v in (items or {}).items()}
+        self.auth_mechanisms = frozenset(m.upper() for m in auth_mechanisms)
+        size = self._items.get("SIZE", "")
+        #: Largest message the server accepts, or None when it sets no limit.
+        self.size = int(size) if size.isdigit() and int(size) > 0 else None
+
+    @classmethod
+    def parse(cls, lines: Iterable[str]) -> Extensions:
+        """Parse the lines after the first of an EHLO reply; accepts legacy ``AUTH=``."""
+        items: dict[str, str] = {}
+        mechanisms: list[str] = []
+        for line in lines:
+            keyword, _, params = line.strip().partition(" ")
+            keyword = keyword.upper()
+            if not keyword:
+                continue
+            if keyword.startswith("AUTH="):
+                mechanisms += [keyword[5:], *params.split()]
+                items.setdefault("AUTH", "")
+                continue
+            if keyword == "AUTH":
+                mechanisms += params.split()
+            items[keyword] = params.strip()
+        return cls(items, mechanisms)
+
+    def __getitem__(self, key: str) -> str:
+        return self._items[key.upper()]
+
+    def __contains__(self, key: object) -> bool:
+        return isinstance(key, str) and key.upper() in self._items
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._items)
+
+    def __len__(self) -> int:
+        return len(self._items)
+
+    def __repr__(self) -> str:
+        return f"Extensions({self._items!r})"
+
+
+@dataclass(slots=True)
+class _Transaction:
+    accepted: int = 0
+    final_left: int | None = None  # LMTP: final replies still expected
+
+
+@dataclass(slots=True)
+class _Pending:
+    verb: str
+    command: str  # redacted command line, as reported in replies and errors
+    txn: _Transaction | None = None
+    final: bool = False  # answers the end of the message data
+
+
+def xtext(value: str) -> str:
+    """Encode an ESMTP parameter value as RFC 3461 xtext (``+XX`` for unsafe bytes)."""
+    return "".join(
+        chr(b) if 33 <= b <= 126 and b not in (0x2B, 0x3D) else f"+{b:02X}"
+        for b in value.encode("utf-8")
+    )
+
+
+def decode_challenge(reply: Reply) -> bytes:
+    """Decode the base64 challenge of a 334 reply."""
+    try:
+        return base64.b64decode(reply.lines[0].strip() if reply.lines else "", validate=True)
+    except (binascii.Error, ValueError):
+        raise ProtocolError(
+            "AUTH challenge is not valid base64",
+            response=str(reply),
+            response_code=reply.code,
+            command=reply.command,
+        ) from None
+
+
+class SMTPProtocol:
+    """The client side of one SMTP or LMTP session, without any I/O."""
+
+    def __init__(
+        self,
+        *,
+        lmtp: bool = False,
+        max_line_length: int = MAX_LINE_LENGTH,
+        max_reply_lines: int = MAX_REPLY_LINES,
+    ) -> None:
+        self.lmtp = lmtp
+        self.max_line_length = max_line_length
+        self.max_reply_lines = max_reply_lines
+        self.state = State.GREETING
+        self.extensions = Extensions()
+        self.authenticated = False
+        self._buffer = bytearray()
+        self._eof = False
+        self._lines: list[str] = []
+        self._code = 0
+        self._pending: deque[_Pending] = deque([_Pending("<greeting>", "<greeting>")])
+        self._txn: _Transaction | None = None
+        self._utf8 = False
+        self._encoder: DataEncoder | None = None
+
+    def __repr__(self) -> str:
+        return f"<SMTPProtocol state={self.state.name} pending={len(self._pending)}>"
+
+    # -- receiving ---------------------------------------------------------------------
+
+    @property
+    def peer_closed(self) -> bool:
+        """True once the server closed its side (``receive_data(b"")``)."""
+        return self._eof
+
+    @property
+    def pending(self) -> int:
+        """How many replies are still expected."""
+        return len(self._pending)
+
+    def receive_data(self, data: bytes) -> None:
+        """Feed bytes read from the server; ``b""`` means the server closed the connection."""
+        self._check_usable()
+        if self._eof and data:
+            self._fail("data received after end of stream")
+        if not data:
+            self._eof = True
+            self.state = State.CLOSED
+            return
+        self._buffer += data
+
+    def next_reply(self) -> Reply | None:
+        """Return the next complete reply, or None if more data is needed."""
+        self._check_usable()
+        while True:
+            newline = self._buffer.find(b"\n")
+            if newline < 0:
+                if len(self._buffer) > self.max_line_length + 1:
+                    self._fail(f"reply line longer than {self.max_line_length} bytes")
+                return None
+            raw = bytes(self._buffer[: newline + 1])
+            del self._buffer[: newline + 1]
+            line = raw[:-2] if raw.endswith(b"\r\n") else raw[:-1]
+            if len(line) > self.max_line_length:
+                self._fail(f"reply line longer than {self.max_line_length} bytes")
+            code, more, text = self._parse_line(line)
+            if self._lines and code != self._code:
+                self._fail(f"multi-line reply mixes codes {self._code} and {code}")
+            self._code = code
+            self._lines.append(text)
+            if len(self._lines) > self.max_reply_lines:
+                self._fail(f"reply has more than {self.max_reply_lines} lines")
+            if not more:
+                lines, self._lines = tuple(self._lines), []
+                return self._on_reply(code, lines)
+
+    def _parse_line(self, line: bytes) -> tuple[int, bool, str]:
+        head, sep = line[:3], line[3:4]
+        if len(head) < 3 or not head.isdigit() or not b"2" <= head[:1] <= b"5":
+            self._fail(f"malformed reply line {line[:80]!r}")
+        if sep not in (b" ", b"-", b""):
+            self._fail(f"malformed reply line {line[:80]!r}")
+        return int(head), sep == b"-", line[4:].decode("utf-8", "replace")
+
+    def _on_reply(self, code: int, lines: tuple[str, ...]) -> Reply:
+        if not self._pending:
+            if code == 421:  # RFC 5321 §3.8: the server may close the session at any time
+                self.state = State.CLOSED
+                return Reply(code, lines, None)
+            self._fail(f"unexpected reply {code} {' '.join(lines)[:80]!r} with no command pending")
+        pending = self._pending.popleft()
+        reply = Reply(code, lines, pending.command)
+        if pending.final and self.lmtp and pending.txn is not None:
+            txn = pending.txn
+            if txn.final_left is None:
+                txn.final_left = max(txn.accepted, 1)
+            txn.final_left -= 1
+            if txn.final_left > 0:
+                self._pending.appendleft(pending)
+        if code == 421:
+            self.state = State.CLOSED
+        elif self.state not in (State.CLOSED, State.FAILED):
+            self._advance(pending, reply)
+        return reply
+
+    def _advance(self, pending: _Pending, reply: Reply) -> None:
+        """Apply what a reply means for the session's state."""
+        verb, ok = pending.verb, reply.is_positive
+        if verb == "<greeting>" and ok:
+            self.state = State.HELLO
+        elif verb in ("EHLO", "LHLO", "HELO") and ok:
+            ehlo = verb != "HELO"
+            self.extensions = Extensions.parse(reply.lines[1:]) if ehlo else Extensions()
+            self.state = State.READY
+        elif verb == "STARTTLS" and reply.code == 220:
+            if self._buffer:
+                self._fail("server sent data after its STARTTLS reply (response injection)")
+            self.extensions = Extensions()
+            self.state = State.HELLO
+        elif verb == "AUTH" and reply.code != 334:
+            self.authenticated = reply.code == 235
+            self.state = State.READY
+        elif verb == "MAIL" and not ok and self.state in (State.MAIL, State.RCPT):
+            self.state = State.READY
+        elif verb == "RCPT" and ok and pending.txn is not None:
+            pending.txn.accepted += 1
+        elif verb == "DATA":
+            if reply.code == 354 and self.state == State.DATA:
+                self._encoder = DataEncoder(dot_stuff=True)
+                self.state = State.MESSAGE
+            elif self.state == State.DATA:
+                self.state = State.READY
+
+    # -- sending -----------------------------------------------------------------------
+
+    def _check_usable(self) -> None:
+        if self.state == State.FAILED:
+            raise ProtocolError("the SMTP session failed earlier and cannot be used")
+
+    def _fail(self, message: str) -> NoReturn:
+        self.state = State.FAILED
+        raise ProtocolError(message)
+
+    def _issue(
+        self,
+        verb: str,
+        line: str,
+        *,
+        redacted: str | None = None,
+        txn: _Transaction | None = None,
+        payload: bytes = b"",
+    ) -> bytes:
+        """Check state, pipelining and injection rules, record the expectation, encode."""
+        self._check_usable()
+        allowed, after = _TRANSITIONS[verb]
+        if self.state not in allowed:
+            raise ValueError(f"cannot send {verb} in state {self.state.name}")
+        if _CONTROL.search(line):
+            raise ValueError(f"control character in {verb} command {line[:80]!r}")
+        if self._pending:
+            last = self._pending[-1]
+            if "PIPELINING" not in self.extensions:
+                raise ValueError(
+                    f"cannot send {verb} before the reply to {last.command!r}: "
+                    "the server does not offer PIPELINING"
+                )
+            if last.verb in _GROUP_ENDERS:
+                raise ValueError(f"{verb} cannot be pipelined after {last.verb} (RFC 2920)")
+        try:
+            encoded = line.encode("utf-8" if self._utf8 else "ascii") + b"\r\n"
+        except UnicodeEncodeError:
+            raise ValueError(f"non-ASCII {verb} argument needs SMTPUTF8: {line!r}") from None
+        final = verb == "BDAT" and line.endswith(" LAST")
+        self._pending.append(_Pending(verb, redacted or line, txn, final))
+        if after is not None:
+            self.state = after
+        if final:
+            self.state = State.READY
+        return encoded + payload
+
+    def _hello_name(self, name: str) -> str:
+        if not name or _CONTROL.search(name) or " " in name:
+            raise ValueError(f"invalid EHLO name {name!r}")
+        return name
+
+    def ehlo(self, name: str) -> bytes:
+        """``EHLO name`` (``LHLO`` for LMTP); a positive reply sets :attr:`extensions`."""
+        verb = "LHLO" if self.lmtp else "EHLO"
+        return self._issue(verb, f"{verb} {self._hello_name(name)}")
+
+    def helo(self, name: str) -> bytes:
+        """``HELO name``: the fallback for servers that refuse EHLO (not in LMTP)."""
+        if self.lmtp:
+            raise ValueError("LMTP has no HELO; use ehlo() (LHLO)")
+        return self._issue("HELO", f"HELO {self._hello_name(name)}")
+
+    def starttls(self) -> bytes:
+        return self._issue("STARTTLS", "STARTTLS")
+
+    def auth(self, mechanism: str, initial_response: bytes | None = None) -> bytes:
+        """Open an AUTH exchange; the initial response is sent base64-encoded and redacted."""
+        mechanism = mechanism.upper()
+        if initial_response is None:
+            return self._issue("AUTH", f"AUTH {mechanism}")
+        encoded = base64.b64encode(initial_response).decode("ascii") or "="
+        return self._issue("AUTH", f"AUTH {mechanism} {encoded}", redacted=f"AUTH {mechanism} ****")
+
+    def auth_continue(self, response: bytes) -> bytes:
+        """Answer a 334 challenge; the line is logged and reported only as ``****``."""
+        if self.state != State.AUTH or self._pending:
+            raise ValueError("auth_continue() is only valid right after a 334 reply")
+        self._check_usable()
+        self._pending.append(_Pending("AUTH", "****"))
+        return base64.b64encode(response) + b"\r\n"
+
+    def mail(
+        self,
+        sender: str,
+        *,
+        size: int | None = None,
+        eight_bit: bool = False,
+        smtputf8: bool = False,
+        dsn: DSN | None = None,
+    ) -> bytes:
+        """``MAIL FROM``, with each parameter added only when the server offers it."""
+        check_address(sender, "sender")
+        if smtputf8 and "SMTPUTF8" not in self.extensions:
+            raise ValueError("SMTPUTF8 requested but the server does not offer it")
+        params = []
+        if size is not None and "SIZE" in self.extensions:
+            params.append(f"SIZE={int(size)}")
+        if eight_bit and "8BITMIME" in self.extensions:
+            params.append("BODY=8BITMIME")
+        if smtputf8:
+            params.append("SMTPUTF8")
+        if dsn is not None and "DSN" in self.extensions:
+            if dsn.ret:
+                params.append(f"RET={dsn.ret}")
+            if dsn.envid:
+                params.append(f"ENVID={xtext(dsn.envid)}")
+        self._utf8 = smtputf8
+        txn = _Transaction()
+        data = self._issue("MAIL", " ".join([f"MAIL FROM:<{sender}>", *params]), txn=txn)
+        self._txn = txn
+        return data
+
+    def rcpt(self, recipient: str, *, dsn: DSN | None = None) -> bytes:
+        """``RCPT TO``, with DSN ``NOTIFY``/``ORCPT`` when requested and offered."""
+        check_address(recipient, "recipient")
+        params = []
+        if dsn is not None and "DSN" in self.extensions:
+            if dsn.notify:
+                params.append(f"NOTIFY={','.join(dsn.notify)}")
+            if dsn.orcpt:
+                orcpt = dsn.orcpt if ";" in dsn.orcpt else f"rfc822;{dsn.orcpt}"
+                kind, _, address = orcpt.partition(";")
+                params.append(f"ORCPT={kind};{xtext(address)}")
+        return self._issue("RCPT", " ".join([f"RCPT TO:<{recipient}>", *params]), txn=self._txn)
+
+    def data(self) -> bytes:
+        return self._issue("DATA", "DATA")
+
+    def send_data(self, chunk: bytes) -> bytes:
+        """Encode a piece of message content (after 354): CRLF line ends, dots stuffed."""
+        if self.state != State.MESSAGE or self._encoder is None:
+            raise ValueError(f"message content can only follow a 354 reply, not {self.state.name}")
+        return self._encoder.feed(chunk)
+
+    def end_data(self) -> bytes:
+        """Finish the content with the terminator the last byte calls for."""
+        data = self.send_data(b"") + (self._encoder.finish() if self._encoder else b"")
+        self._pending.append(_Pending(".", "<end of data>", self._txn, final=True))
+        self._encoder = None
+        self.state = State.READY
+        return data
+
+    def bdat(self, chunk: bytes, *, last: bool = False) -> bytes:
+        """``BDAT n [LAST]`` followed by the chunk, CRLF-normalised (CHUNKING, RFC 3030)."""
+        if "CHUNKING" not in self.extensions:
+            raise ValueError("BDAT needs the CHUNKING extension")
+        if self.state == State.RCPT:
+            self._encoder = DataEncoder(dot_stuff=False)
+        if self._encoder is None or self.state not in (State.RCPT, State.BDAT):
+            raise ValueError(f"cannot send BDAT in state {self.state.name}")
+        payload = self._encoder.feed(chunk) + (self._encoder.finish() if last else b"")
+        line = f"BDAT {len(payload)}" + (" LAST" if last else "")
+        data = self._issue("BDAT", line, txn=self._txn, payload=payload)
+        if last:
+            self._encoder = None
+        return data
+
+    def rset(self) -> bytes:
+        self._encoder = None
+        return self._issue("RSET", "RSET")
+
+    def noop(self) -> bytes:
+        return self._issue("NOOP", "NOOP")
+
+    def quit(self) -> bytes:
+        return self._issue("QUIT", "QUIT")

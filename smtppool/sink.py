@@ -1,0 +1,386 @@
+"""A local SMTP/LMTP sink for development, demos and tests (the ``sink`` extra).
+
+:class:`Sink` runs an ``aiosmtpd`` server on its own event-loop thread on a loopback
+port (port 0 picks a free one) and records every message it accepts.  Beyond what
+aiosmtpd does it can advertise and honour PIPELINING, DSN and CHUNKING (BDAT), check
+CRAM-MD5 and XOAUTH2 logins, and refuse chosen recipients, so clients can be exercised
+against a real server.  aiosmtpd is imported only when a sink starts.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import binascii
+import functools
+import hashlib
+import hmac
+import json
+import secrets
+import socket
+import ssl
+import threading
+import time
+from collections.abc import Collection, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+__all__ = ["ReceivedMessage", "Sink"]
+
+_DSN_PARAMS = ("RET", "ENVID", "NOTIFY", "ORCPT")
+
+
+@dataclass(frozen=True, slots=True)
+class ReceivedMessage:
+    """One message as the sink received it."""
+
+    mail_from: str
+    rcpt_tos: tuple[str, ...]
+    data: bytes  #: content after un-stuffing, CRLF line endings
+    mail_options: tuple[str, ...]
+    rcpt_options: tuple[str, ...]
+    connection: int  #: which connection carried it, numbered from 1 in accept order
+    received_at: float  #: ``time.monotonic()`` when its MAIL FROM arrived
+    login: str | None  #: the authenticated user, if any
+    transfer: str  #: "DATA" or "BDAT"
+
+
+class Sink:
+    """A recording mail server on loopback, run from a background thread.
+
+    :param tls_context: offer STARTTLS with this server context.
+    :param ssl_context: speak implicit TLS (SMTPS) with this server context.
+    :param credentials: ``{user: password}`` accepted by PLAIN, LOGIN and CRAM-MD5.
+    :param tokens: ``{user: access_token}`` accepted by XOAUTH2.
+    :param extensions: extra keywords to advertise and honour: PIPELINING, DSN, CHUNKING.
+    :param reject_recipients: addresses refused at RCPT with ``550 5.1.1``.
+    :param smtp_options: passed on to :class:`aiosmtpd.smtp.SMTP` (e.g. ``data_size_limit``).
+    """
+
+    def __init__(
+        self,
+        host: str = "127.0.0.1",
+        port: int = 0,
+        *,
+        tls_context: ssl.SSLContext | None = None,
+        ssl_context: ssl.SSLContext | None = None,
+        credentials: Mapping[str, str] | None = None,
+        tokens: Mapping[str, str] | None = None,
+        lmtp: bool = False,
+        extensions: Collection[str] = (),
+        reject_recipients: Collection[str] = (),
+        **smtp_options: Any,
+    ) -> None:
+        self.host = host
+        self.port = port
+        self.tls_context = tls_context
+        self.ssl_context = ssl_context
+        self.credentials = dict(credentials or {})
+        self.tokens = dict(tokens or {})
+        self.lmtp = lmtp
+        self.extensions = frozenset(e.upper() for e in extensions)
+        unknown = self.extensions - {"PIPELINING", "DSN", "CHUNKING"}
+        if unknown:
+            raise ValueError(f"the sink cannot honour {sorted(unknown)}")
+        self.reject_recipients = frozenset(reject_recipients)
+        self.smtp_options = smtp_options
+        self.messages: list[ReceivedMessage] = []
+        #: (mechanism, user, succeeded) for every AUTH attempt.
+        self.auth_attempts: list[tuple[str, str, bool]] = []
+        self.connections_opened = 0
+        self.max_concurrent = 0
+        self._active: set[Any] = set()
+        self._lock = threading.Lock()
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._server: asyncio.AbstractServer | None = None
+        self._thread: threading.Thread | None = None
+
+    def __repr__(self) -> str:
+        return f"<Sink {self.host}:{self.port} messages={len(self.messages)}>"
+
+    @property
+    def url(self) -> str:
+        scheme = "lmtp" if self.lmtp else "smtps" if self.ssl_context else "smtp"
+        return f"{scheme}://{self.host}:{self.port}"
+
+    # -- lifecycle ---------------------------------------------------------------------
+
+    def start(self) -> Sink:
+        """Bind, start serving on a background thread, and return self."""
+        if self._thread is not None:
+            raise RuntimeError("sink already started")
+        family = socket.AF_INET6 if ":" in self.host else socket.AF_INET
+        listener = socket.socket(family, socket.SOCK_STREAM)
+        listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        listener.bind((self.host, self.port))
+        listener.listen(128)
+        self.port = listener.getsockname()[1]
+        loop = asyncio.new_event_loop()
+        try:
+            self._server = loop.run_until_complete(
+                loop.create_server(self._make_server, sock=listener, ssl=self.ssl_context)
+            )
+        except BaseException:
+            loop.close()
+            listener.close()
+            raise
+        self._loop = loop
+        self._thread = threading.Thread(target=loop.run_forever, name="smtppool-sink", daemon=True)
+        self._thread.start()
+        return self
+
+    def stop(self, timeout: float = 5.0) -> None:
+        """Close the server and every open session; wait at most ``timeout`` seconds."""
+        loop, thread = self._loop, self._thread
+        if loop is None or thread is None:
+            return
+
+        async def shutdown() -> None:
+            assert self._server is not None
+            self._server.close()
+            for protocol in list(self._active):
+                if protocol.transport is not None:
+                    protocol.transport.close()
+            await asyncio.sleep(0)
+
+        try:
+            asyncio.run_coroutine_threadsafe(shutdown(), loop).result(timeout)
+        finally:
+            loop.call_soon_threadsafe(loop.stop)
+            thread.join(timeout)
+            if not thread.is_alive():
+                loop.close()
+            self._loop = self._thread = None
+
+    def __enter__(self) -> Sink:
+        return self.start()
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.stop()
+
+    # -- bookkeeping ---------------------------------------------------------------------
+
+    def _make_server(self) -> Any:
+        return _server_class(self.lmtp)(self)
+
+    def _opened(self, protocol: Any) -> int:
+        with self._lock:
+            self.connections_opened += 1
+            self._active.add(protocol)
+            self.max_concurrent = max(self.max_concurrent, len(self._active))
+            return self.connections_opened
+
+    def _closed(self, protocol: Any) -> None:
+        with self._lock:
+            self._active.discard(protocol)
+
+    @property
+    def active_connections(self) -> int:
+        with self._lock:
+            return len(self._active)
+
+    def _record(self, message: ReceivedMessage) -> None:
+        with self._lock:
+            self.messages.append(message)
+
+    def check_password(self, user: str, password: str) -> bool:
+        expected = self.credentials.get(user)
+        return expected is not None and hmac.compare_digest(expected, password)
+
+    def check_cram_md5(self, user: str, challenge: bytes, digest: str) -> bool:
+        expected = self.credentials.get(user)
+        if expected is None:
+            return False
+        good = hmac.new(expected.encode(), challenge, hashlib.md5).hexdigest()
+        return hmac.compare_digest(good, digest)
+
+    def check_token(self, user: str, token: str) -> bool:
+        expected = self.tokens.get(user)
+        return expected is not None and hmac.compare_digest(expected, token)
+
+    # -- aiosmtpd handler hooks ----------------------------------------------------------
+
+    async def handle_EHLO(
+        self, server: Any, session: Any, envelope: Any, hostname: str, responses: list[str]
+    ) -> list[str]:
+        session.host_name = hostname
+        extra = [f"250-{keyword}" for keyword in sorted(self.extensions)]
+        return responses[:-1] + extra + responses[-1:]
+
+    async def handle_MAIL(
+        self, server: Any, session: Any, envelope: Any, address: str, options: list[str]
+    ) -> str:
+        envelope.mail_from = address
+        envelope.mail_options.extend(options)
+        envelope.mail_at = time.monotonic()
+        return "250 2.1.0 OK"
+
+    async def handle_RCPT(
+        self, server: Any, session: Any, envelope: Any, address: str, options: list[str]
+    ) -> str:
+        if address in self.reject_recipients:
+            return f"550 5.1.1 <{address}>: recipient unknown"
+        envelope.rcpt_tos.append(address)
+        envelope.rcpt_options.extend(options)
+        return "250 2.1.5 OK"
+
+    async def handle_DATA(self, server: Any, session: Any, envelope: Any) -> str:
+        self._record(
+            ReceivedMessage(
+                mail_from=envelope.mail_from,
+                rcpt_tos=tuple(envelope.rcpt_tos),
+                data=bytes(envelope.original_content or b""),
+                mail_options=tuple(envelope.mail_options),
+                rcpt_options=tuple(envelope.rcpt_options),
+                connection=server.sink_connection,
+                received_at=getattr(envelope, "mail_at", time.monotonic()),
+                login=getattr(session, "auth_data", None),
+                transfer="BDAT" if getattr(envelope, "bdat", None) is not None else "DATA",
+            )
+        )
+        queue_id = secrets.token_hex(5).upper()
+        if self.lmtp:
+            return "\r\n".join(
+                f"250 2.0.0 <{rcpt}> delivered as {queue_id}" for rcpt in envelope.rcpt_tos
+            )
+        return f"250 2.0.0 OK: queued as {queue_id}"
+
+    @staticmethod
+    def xoauth2_error() -> str:
+        """The JSON challenge Gmail sends for a refused token."""
+        return json.dumps({"status": "401", "schemes": "bearer", "scope": "https://mail"})
+
+
+@functools.lru_cache(maxsize=2)
+def _server_class(lmtp: bool) -> Any:
+    """Build the aiosmtpd server class (imported only now, so the extra stays optional)."""
+    try:
+        from aiosmtpd.lmtp import LMTP
+        from aiosmtpd.smtp import SMTP, AuthResult, LoginPassword
+    except ImportError as exc:
+        raise ImportError("the sink needs aiosmtpd: pip install 'smtppool[sink]'") from exc
+    from aiosmtpd.smtp import MISSING
+
+    class SinkServer(LMTP if lmtp else SMTP):  # type: ignore[misc]
+        def __init__(self, sink: Sink) -> None:
+            self.sink = sink
+            options: dict[str, Any] = {
+                "hostname": "sink.localhost",
+                "enable_SMTPUTF8": True,
+                "tls_context": sink.tls_context,
+                "authenticator": self._check_login,
+            }
+            if sink.ssl_context is not None:
+                options["auth_require_tls"] = False  # the whole session is TLS already
+            excluded = set()
+            if not sink.credentials:
+                excluded |= {"PLAIN", "LOGIN", "CRAM-MD5"}
+            if not sink.tokens:
+                excluded.add("XOAUTH2")
+            options["auth_exclude_mechanism"] = excluded
+            options.update(sink.smtp_options)
+            super().__init__(sink, loop=asyncio.get_running_loop(), **options)
+            self.sink_connection = 0
+
+        def connection_made(self, transport: Any) -> None:
+            if not self.sink_connection:
+                self.sink_connection = self.sink._opened(self)
+            super().connection_made(transport)
+
+        def connection_lost(self, error: Exception | None) -> None:
+            self.sink._closed(self)
+            super().connection_lost(error)
+
+        def _check_login(
+            self, server: Any, session: Any, envelope: Any, mechanism: str, data: Any
+        ) -> Any:
+            ok = isinstance(data, LoginPassword) and self.sink.check_password(
+                data.login.decode(), data.password.decode()
+            )
+            user = data.login.decode() if isinstance(data, LoginPassword) else "?"
+            self.sink.auth_attempts.append((mechanism, user, ok))
+            return AuthResult(success=ok, handled=False, auth_data=user if ok else None)
+
+        def _getparams(self, params: Any) -> Any:
+            found = super()._getparams(params)
+            if found is not None and "DSN" in self.sink.extensions:
+                for name in _DSN_PARAMS:
+                    found.pop(name, None)
+            return found
+
+        async def auth_CRAM__MD5(self, _: Any, args: list[str]) -> Any:
+            challenge = f"<{secrets.token_hex(8)}@sink.localhost>".encode()
+            answer = await self.challenge_auth(challenge)
+            if answer is MISSING:
+                return AuthResult(success=False)
+            user, _, digest = answer.decode(errors="replace").rpartition(" ")
+            ok = self.sink.check_cram_md5(user, challenge, digest)
+            self.sink.auth_attempts.append(("CRAM-MD5", user, ok))
+            return AuthResult(success=ok, handled=False, auth_data=user if ok else None)
+
+        async def auth_XOAUTH2(self, _: Any, args: list[str]) -> Any:
+            blob = await self._decode_initial(args)
+            if blob is MISSING:
+                return AuthResult(success=False)
+            fields = dict(
+                part.split("=", 1)
+                for part in blob.decode(errors="replace").split("\x01")
+                if "=" in part
+            )
+            user, bearer = fields.get("user", "?"), fields.get("auth", "")
+            ok = bearer.startswith("Bearer ") and self.sink.check_token(user, bearer[7:])
+            self.sink.auth_attempts.append(("XOAUTH2", user, ok))
+            if not ok:  # Gmail's dance: a JSON challenge, an empty answer, then 535
+                await self.challenge_auth(self.sink.xoauth2_error())
+            return AuthResult(success=ok, handled=False, auth_data=user if ok else None)
+
+        async def _decode_initial(self, args: list[str]) -> Any:
+            if len(args) > 1:
+                return await self._decode_b64(args[1])
+            return await self.challenge_auth("")
+
+        async def _decode_b64(self, text: str) -> Any:
+            try:
+                return base64.b64decode(text, validate=True)
+            except binascii.Error:
+                await self.push("501 5.5.2 Can't decode base64")
+                return MISSING
+
+        async def smtp_BDAT(self, arg: str) -> None:
+            """RFC 3030 CHUNKING: ``BDAT size [LAST]`` followed by exactly size octets."""
+            if "CHUNKING" not in self.sink.extensions:
+                await self.push('500 Error: command "BDAT" not recognized')
+                return
+            if await self.check_helo_needed():
+                return
+            words = (arg or "").split()
+            if (
+                not words
+                or not words[0].isdigit()
+                or len(words) > 2
+                or (len(words) == 2 and words[1].upper() != "LAST")
+            ):
+                await self.push("501 5.5.4 Syntax: BDAT size [LAST]")
+                return
+            chunk = await self._reader.readexactly(int(words[0]))
+            envelope = self.envelope
+            if not envelope.rcpt_tos:
+                await self.push("503 5.5.1 Error: need RCPT command")
+                return
+            if getattr(envelope, "bdat", None) is None:
+                envelope.bdat = bytearray()
+            envelope.bdat += chunk
+            limit = self.data_size_limit
+            if limit and len(envelope.bdat) > limit:
+                await self.push("552 5.3.4 Error: too much mail data")
+                self._set_post_data_state()
+                return
+            if len(words) == 1:
+                await self.push(f"250 2.0.0 {len(chunk)} octets received")
+                return
+            envelope.original_content = envelope.content = bytes(envelope.bdat)
+            status = await self._call_handler_hook("DATA")
+            await self.push("250 OK" if status is MISSING else status)
+            self._set_post_data_state()
+
+    return SinkServer
