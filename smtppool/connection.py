@@ -226,7 +226,7 @@ class SMTPConnection:
         with self._guard("connecting"):
             try:
                 self._open_session(starttls=not opts.ignore_tls)
-            except TLSError:
+            except ssl.SSLError:  # raw handshake errors and our TLSError (a subclass) alike
                 # A handshake that failed after STARTTLS was accepted: opportunistic_tls
                 # means the caller prefers plaintext to no mail, so dial again without it.
                 if not (

@@ -135,7 +135,11 @@ def hello(*extensions: str) -> list[Step]:
     """Greeting plus an EHLO reply advertising ``extensions``."""
     lines = [b"250-fake.example"] + [b"250-" + e.encode() for e in extensions]
     lines[-1] = b"250 " + lines[-1][4:]
-    return [send(b"220 fake.example ESMTP\r\n"), expect(b"EHLO"), send(b"\r\n".join(lines) + b"\r\n")]
+    return [
+        send(b"220 fake.example ESMTP\r\n"),
+        expect(b"EHLO"),
+        send(b"\r\n".join(lines) + b"\r\n"),
+    ]
 
 
 class ScriptedServer:

@@ -40,13 +40,16 @@ def test_unknown_mechanism() -> None:
         make_mechanism("GSSAPI", "u", "p")
 
 
-@pytest.mark.parametrize("offered, oauth2, forced, chosen", [
-    ({"PLAIN", "LOGIN", "CRAM-MD5"}, False, None, "CRAM-MD5"),
-    ({"PLAIN", "LOGIN"}, False, None, "PLAIN"),
-    ({"login"}, False, None, "LOGIN"),
-    ({"PLAIN", "XOAUTH2"}, True, None, "XOAUTH2"),
-    ({"PLAIN"}, False, "login", "LOGIN"),  # forced is used as given
-])
+@pytest.mark.parametrize(
+    "offered, oauth2, forced, chosen",
+    [
+        ({"PLAIN", "LOGIN", "CRAM-MD5"}, False, None, "CRAM-MD5"),
+        ({"PLAIN", "LOGIN"}, False, None, "PLAIN"),
+        ({"login"}, False, None, "LOGIN"),
+        ({"PLAIN", "XOAUTH2"}, True, None, "XOAUTH2"),
+        ({"PLAIN"}, False, "login", "LOGIN"),  # forced is used as given
+    ],
+)
 def test_choose_mechanism(offered: set[str], oauth2: bool, forced: str | None, chosen: str) -> None:
     assert choose_mechanism(offered, oauth2=oauth2, forced=forced) == chosen
 
@@ -60,8 +63,14 @@ def test_choose_mechanism_without_overlap_says_why() -> None:
 
 def test_secrets_are_not_in_reprs() -> None:
     assert "hunter2" not in repr(Credentials("bob", "hunter2"))
-    token = OAuth2(user="me@x.org", access_token="ya29.secret", client_secret="cs",
-                   refresh_token="rt", client_id="cid", token_url="https://t.example/token")
+    token = OAuth2(
+        user="me@x.org",
+        access_token="ya29.secret",
+        client_secret="cs",
+        refresh_token="rt",
+        client_id="cid",
+        token_url="https://t.example/token",
+    )
     assert not any(s in repr(token) for s in ("ya29.secret", "rt'", "cs'"))
 
 

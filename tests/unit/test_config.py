@@ -18,28 +18,31 @@ def test_defaults_and_port_rules() -> None:
     assert Options(auth=("u", "p")).auth == Credentials("u", "p")
 
 
-@pytest.mark.parametrize("options, error, match", [
-    ({"host": "bad host"}, ValueError, "host"),
-    ({"host": "mx\r\n.example"}, ValueError, "host"),
-    ({"port": 0}, ValueError, "at least 1"),
-    ({"port": 70000}, ValueError, "65535"),
-    ({"port": "25"}, TypeError, "port"),
-    ({"name": "a b"}, ValueError, "EHLO"),
-    ({"ignore_tls": True, "require_tls": True}, ValueError, "conflicts"),
-    ({"require_tls": True, "opportunistic_tls": True}, ValueError, "conflicts"),
-    ({"socket_timeout": 0}, ValueError, "positive"),
-    ({"greeting_timeout": float("inf")}, ValueError, "positive"),
-    ({"connection_timeout": "10"}, TypeError, "seconds"),
-    ({"max_connections": 0}, ValueError, "at least 1"),
-    ({"max_messages": True}, TypeError, "int"),
-    ({"retries": -1}, ValueError, "at least 0"),
-    ({"auth": "user:pw"}, TypeError, "auth"),
-    ({"auth_method": "NTLM"}, ValueError, "unknown auth_method"),
-    ({"auth": ("u", "p"), "auth_method": "XOAUTH2"}, ValueError, "OAuth2"),
-    ({"tls": {"verify_hostname": False}}, ValueError, "unknown tls option"),
-    ({"tls": "yes"}, TypeError, "tls"),
-    ({"on_idle": 3}, TypeError, "callable"),
-])
+@pytest.mark.parametrize(
+    "options, error, match",
+    [
+        ({"host": "bad host"}, ValueError, "host"),
+        ({"host": "mx\r\n.example"}, ValueError, "host"),
+        ({"port": 0}, ValueError, "at least 1"),
+        ({"port": 70000}, ValueError, "65535"),
+        ({"port": "25"}, TypeError, "port"),
+        ({"name": "a b"}, ValueError, "EHLO"),
+        ({"ignore_tls": True, "require_tls": True}, ValueError, "conflicts"),
+        ({"require_tls": True, "opportunistic_tls": True}, ValueError, "conflicts"),
+        ({"socket_timeout": 0}, ValueError, "positive"),
+        ({"greeting_timeout": float("inf")}, ValueError, "positive"),
+        ({"connection_timeout": "10"}, TypeError, "seconds"),
+        ({"max_connections": 0}, ValueError, "at least 1"),
+        ({"max_messages": True}, TypeError, "int"),
+        ({"retries": -1}, ValueError, "at least 0"),
+        ({"auth": "user:pw"}, TypeError, "auth"),
+        ({"auth_method": "NTLM"}, ValueError, "unknown auth_method"),
+        ({"auth": ("u", "p"), "auth_method": "XOAUTH2"}, ValueError, "OAuth2"),
+        ({"tls": {"verify_hostname": False}}, ValueError, "unknown tls option"),
+        ({"tls": "yes"}, TypeError, "tls"),
+        ({"on_idle": 3}, TypeError, "callable"),
+    ],
+)
 def test_validation(options: dict[str, Any], error: type[Exception], match: str) -> None:
     with pytest.raises(error, match=match):
         Options(**options)
@@ -72,6 +75,7 @@ def test_tls_context_verifies_by_default_and_applies_overrides() -> None:
     own = ssl.create_default_context()
     assert make_ssl_context(Options(tls=own).tls) is own
     assert Options(host="10.0.0.1", tls={"server_hostname": "mx.example"}).server_hostname == (
-        "mx.example")
+        "mx.example"
+    )
     with pytest.raises(ValueError, match="TLS version"):
         make_ssl_context(Options(tls={"minimum_version": "SSLv2"}).tls)

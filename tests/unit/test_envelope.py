@@ -18,15 +18,30 @@ def make(**headers: str | list[str]) -> EmailMessage:
     return message
 
 
-@pytest.mark.parametrize("headers, sender, recipients", [
-    ({"From": "A <a@x.org>", "To": "b@x.org, C <c@x.org>"}, "a@x.org", ["b@x.org", "c@x.org"]),
-    ({"From": "a@x.org", "Sender": "s@x.org", "To": "b@x.org"}, "s@x.org", ["b@x.org"]),
-    ({"From": "a@x.org", "To": "b@x.org", "Cc": "c@x.org", "Bcc": "d@x.org"}, "a@x.org",
-     ["b@x.org", "d@x.org", "c@x.org"]),  # smtplib's order: To, Bcc, Cc
-    ({"From": "a@x.org", "To": "b@x.org", "Resent_Date": "Mon, 1 Jan 2024 00:00:00 +0000",
-      "Resent_From": "r@x.org", "Resent_To": "rt@x.org", "Resent_Bcc": "rb@x.org"},
-     "r@x.org", ["rt@x.org", "rb@x.org"]),
-])
+@pytest.mark.parametrize(
+    "headers, sender, recipients",
+    [
+        ({"From": "A <a@x.org>", "To": "b@x.org, C <c@x.org>"}, "a@x.org", ["b@x.org", "c@x.org"]),
+        ({"From": "a@x.org", "Sender": "s@x.org", "To": "b@x.org"}, "s@x.org", ["b@x.org"]),
+        (
+            {"From": "a@x.org", "To": "b@x.org", "Cc": "c@x.org", "Bcc": "d@x.org"},
+            "a@x.org",
+            ["b@x.org", "d@x.org", "c@x.org"],
+        ),  # smtplib's order: To, Bcc, Cc
+        (
+            {
+                "From": "a@x.org",
+                "To": "b@x.org",
+                "Resent_Date": "Mon, 1 Jan 2024 00:00:00 +0000",
+                "Resent_From": "r@x.org",
+                "Resent_To": "rt@x.org",
+                "Resent_Bcc": "rb@x.org",
+            },
+            "r@x.org",
+            ["rt@x.org", "rb@x.org"],
+        ),
+    ],
+)
 def test_envelope_from_headers(headers: dict[str, str], sender: str, recipients: list[str]) -> None:
     envelope = envelope_from_message(make(**headers))
     assert envelope.mail_from == sender
@@ -35,8 +50,9 @@ def test_envelope_from_headers(headers: dict[str, str], sender: str, recipients:
 
 def test_envelope_from_headers_errors() -> None:
     with pytest.raises(ValueError, match="more than one 'Resent-'"):
-        envelope_from_message(make(From="a@x.org", To="b@x.org",
-                                   Resent_Date=["Mon, 1 Jan 2024 00:00:00 +0000"] * 2))
+        envelope_from_message(
+            make(From="a@x.org", To="b@x.org", Resent_Date=["Mon, 1 Jan 2024 00:00:00 +0000"] * 2)
+        )
     with pytest.raises(ValueError, match="no From"):
         envelope_from_message(make(To="b@x.org"))
     with pytest.raises(ValueError, match="no To"):

@@ -39,12 +39,21 @@ def test_hierarchy_and_codes(cls: type[SMTPError], code: str, builtin: type | No
 
 @pytest.mark.parametrize("cls, code, builtin", TABLE)
 def test_pickle_and_copy_round_trip(cls: type[SMTPError], code: str, builtin: type | None) -> None:
-    error = cls("failed", response="451 4.3.0 later", response_code=451, command="MAIL FROM:<a@b>",
-                delivery_unknown=True)
+    error = cls(
+        "failed",
+        response="451 4.3.0 later",
+        response_code=451,
+        command="MAIL FROM:<a@b>",
+        delivery_unknown=True,
+    )
     for clone in (pickle.loads(pickle.dumps(error)), copy.copy(error), copy.deepcopy(error)):
         assert type(clone) is cls
         assert (clone.code, clone.response, clone.response_code, clone.command) == (
-            code, "451 4.3.0 later", 451, "MAIL FROM:<a@b>")
+            code,
+            "451 4.3.0 later",
+            451,
+            "MAIL FROM:<a@b>",
+        )
         assert clone.delivery_unknown and clone.temporary
 
 
@@ -62,7 +71,8 @@ def test_from_reply_and_code_override() -> None:
     error = smtppool.AuthenticationError.from_reply(reply, "AUTH PLAIN failed")
     assert error.response == "535 5.7.8 Authentication credentials invalid"
     assert error.response_code == 535 and error.command == "AUTH PLAIN ****"
-    assert str(error) == ("EAUTH: AUTH PLAIN failed "
-                          "(server said: 535 5.7.8 Authentication credentials invalid)")
+    assert str(error) == (
+        "EAUTH: AUTH PLAIN failed (server said: 535 5.7.8 Authentication credentials invalid)"
+    )
     assert smtppool.ConnectError("no such host", code="EDNS").code == "EDNS"
     assert smtppool.ConnectError("x").code == "ECONNECTION"  # the override is per instance

@@ -56,8 +56,9 @@ def normalise(raw: bytes) -> bytes:
     return re.sub(rb"\r\n|\r|\n", b"\r\n", raw)
 
 
-payloads = st.lists(st.sampled_from([b"a", b".", b"\r", b"\n", b"\r\n", b"xy", b"\x00", b"\xff"]),
-                    max_size=60).map(b"".join)
+payloads = st.lists(
+    st.sampled_from([b"a", b".", b"\r", b"\n", b"\r\n", b"xy", b"\x00", b"\xff"]), max_size=60
+).map(b"".join)
 
 
 @given(payloads, st.lists(st.integers(min_value=0, max_value=60), max_size=8))

@@ -20,8 +20,10 @@ def ehlo(*keywords: str) -> Script:
     lines = ["250-mx.example greets you", *(f"250-{k}" for k in keywords)]
     lines[-1] = "250 " + lines[-1][4:]
     reply = ("\r\n".join(lines) + "\r\n").encode()
-    return GREETING + [("C", lambda p: p.ehlo("client.example"), b"EHLO client.example\r\n"),
-                       ("S", reply, [250])]
+    return GREETING + [
+        ("C", lambda p: p.ehlo("client.example"), b"EHLO client.example\r\n"),
+        ("S", reply, [250]),
+    ]
 
 
 def feed(p: SMTPProtocol, data: bytes, bytewise: bool) -> list[Reply]:
@@ -54,8 +56,17 @@ both = pytest.mark.parametrize("bytewise", [False, True], ids=["whole", "bytewis
 
 @both
 def test_greeting_and_ehlo_parse_extensions(bytewise: bool) -> None:
-    script = ehlo("SIZE 35882577", "8BITMIME", "  PIPELINING", "AUTH PLAIN LOGIN",
-                  "AUTH=CRAM-MD5", "ENHANCEDSTATUSCODES", "dsn", "SMTPUTF8", "CHUNKING")
+    script = ehlo(
+        "SIZE 35882577",
+        "8BITMIME",
+        "  PIPELINING",
+        "AUTH PLAIN LOGIN",
+        "AUTH=CRAM-MD5",
+        "ENHANCEDSTATUSCODES",
+        "dsn",
+        "SMTPUTF8",
+        "CHUNKING",
+    )
     p, replies = play(script, bytewise=bytewise)
     assert p.state is State.READY
     ext = p.extensions
@@ -77,8 +88,7 @@ def test_size_without_limit_and_zero_mean_no_limit() -> None:
 def test_multiline_reply_and_enhanced_codes(bytewise: bool) -> None:
     script = ehlo("ENHANCEDSTATUSCODES") + [
         ("C", lambda p: p.mail("a@x.org"), b"MAIL FROM:<a@x.org>\r\n"),
-        ("S", b"550-5.7.1 Policy says no\r\n550-5.7.1 see the docs\r\n550 5.7.1 really\r\n",
-         [550]),
+        ("S", b"550-5.7.1 Policy says no\r\n550-5.7.1 see the docs\r\n550 5.7.1 really\r\n", [550]),
     ]
     _, replies = play(script, bytewise=bytewise)
     reply = replies[-1]
@@ -132,8 +142,18 @@ def test_smtputf8_needs_the_extension_and_encodes_utf8() -> None:
     assert plain.state is State.READY and plain.pending == 0
 
 
-@pytest.mark.parametrize("address", ["a@x.org\r\nRSET", "a@x.org\n", "a\x00@x.org", "a@x.org> X",
-                                     "<a@x.org", " a@x.org", "a\x7f@x.org"])
+@pytest.mark.parametrize(
+    "address",
+    [
+        "a@x.org\r\nRSET",
+        "a@x.org\n",
+        "a\x00@x.org",
+        "a@x.org> X",
+        "<a@x.org",
+        " a@x.org",
+        "a\x7f@x.org",
+    ],
+)
 def test_injection_in_addresses_is_refused_before_any_bytes(address: str) -> None:
     p, _ = play(ehlo("PIPELINING"), bytewise=False)
     with pytest.raises(ValueError):
@@ -157,15 +177,22 @@ def test_xtext() -> None:
 @both
 def test_pipelined_group_replies_are_tagged(bytewise: bool) -> None:
     script = ehlo("PIPELINING") + [
-        ("C", lambda p: p.mail("a@x.org") + p.rcpt("b@x.org") + p.rcpt("c@x.org") + p.data(),
-         b"MAIL FROM:<a@x.org>\r\nRCPT TO:<b@x.org>\r\nRCPT TO:<c@x.org>\r\nDATA\r\n"),
+        (
+            "C",
+            lambda p: p.mail("a@x.org") + p.rcpt("b@x.org") + p.rcpt("c@x.org") + p.data(),
+            b"MAIL FROM:<a@x.org>\r\nRCPT TO:<b@x.org>\r\nRCPT TO:<c@x.org>\r\nDATA\r\n",
+        ),
         ("S", b"250 ok\r\n250 ok\r\n550 no such user\r\n354 go ahead\r\n", [250, 250, 550, 354]),
         ("C", lambda p: p.send_data(b"Hi\n.\n") + p.end_data(), b"Hi\r\n..\r\n.\r\n"),
         ("S", b"250 queued\r\n", [250]),
     ]
     p, replies = play(script, bytewise=bytewise)
     assert [r.command for r in replies[2:]] == [
-        "MAIL FROM:<a@x.org>", "RCPT TO:<b@x.org>", "RCPT TO:<c@x.org>", "DATA", "<end of data>"
+        "MAIL FROM:<a@x.org>",
+        "RCPT TO:<b@x.org>",
+        "RCPT TO:<c@x.org>",
+        "DATA",
+        "<end of data>",
     ]
     assert p.state is State.READY and p.pending == 0
 
@@ -177,14 +204,18 @@ def test_pipelining_needs_the_extension() -> None:
         p.rcpt("b@x.org")
 
 
-@pytest.mark.parametrize("ender, follow", [
-    (lambda p: p.mail("a@x.org") and p.rcpt("b@x.org") and p.data(), lambda p: p.rset()),
-    (lambda p: p.noop(), lambda p: p.mail("a@x.org")),
-    (lambda p: p.ehlo("again.example"), lambda p: p.mail("a@x.org")),
-    (lambda p: p.auth("PLAIN", b"\0u\0p"), lambda p: p.quit()),
-])
-def test_group_enders_cannot_be_followed(ender: Callable[[SMTPProtocol], bytes],
-                                         follow: Callable[[SMTPProtocol], bytes]) -> None:
+@pytest.mark.parametrize(
+    "ender, follow",
+    [
+        (lambda p: p.mail("a@x.org") and p.rcpt("b@x.org") and p.data(), lambda p: p.rset()),
+        (lambda p: p.noop(), lambda p: p.mail("a@x.org")),
+        (lambda p: p.ehlo("again.example"), lambda p: p.mail("a@x.org")),
+        (lambda p: p.auth("PLAIN", b"\0u\0p"), lambda p: p.quit()),
+    ],
+)
+def test_group_enders_cannot_be_followed(
+    ender: Callable[[SMTPProtocol], bytes], follow: Callable[[SMTPProtocol], bytes]
+) -> None:
     p, _ = play(ehlo("PIPELINING"), bytewise=False)
     ender(p)
     with pytest.raises(ValueError):
@@ -193,8 +224,11 @@ def test_group_enders_cannot_be_followed(ender: Callable[[SMTPProtocol], bytes],
 
 def test_next_transaction_may_follow_end_of_data_when_pipelining() -> None:
     script = ehlo("PIPELINING") + [
-        ("C", lambda p: p.mail("a@x.org") + p.rcpt("b@x.org") + p.data(),
-         b"MAIL FROM:<a@x.org>\r\nRCPT TO:<b@x.org>\r\nDATA\r\n"),
+        (
+            "C",
+            lambda p: p.mail("a@x.org") + p.rcpt("b@x.org") + p.data(),
+            b"MAIL FROM:<a@x.org>\r\nRCPT TO:<b@x.org>\r\nDATA\r\n",
+        ),
         ("S", b"250 ok\r\n250 ok\r\n354 go\r\n", [250, 250, 354]),
         ("C", lambda p: p.end_data() + p.mail("n@x.org"), b".\r\nMAIL FROM:<n@x.org>\r\n"),
         ("S", b"250 queued\r\n250 ok\r\n", [250, 250]),
@@ -203,10 +237,16 @@ def test_next_transaction_may_follow_end_of_data_when_pipelining() -> None:
     assert replies[-2].command == "<end of data>" and p.state is State.MAIL
 
 
-@pytest.mark.parametrize("action", [
-    lambda p: p.rcpt("b@x.org"), lambda p: p.data(), lambda p: p.send_data(b"x"),
-    lambda p: p.end_data(), lambda p: p.auth_continue(b"x"),
-])
+@pytest.mark.parametrize(
+    "action",
+    [
+        lambda p: p.rcpt("b@x.org"),
+        lambda p: p.data(),
+        lambda p: p.send_data(b"x"),
+        lambda p: p.end_data(),
+        lambda p: p.auth_continue(b"x"),
+    ],
+)
 def test_commands_out_of_order_are_refused(action: Callable[[SMTPProtocol], bytes]) -> None:
     p, _ = play(ehlo("PIPELINING"), bytewise=False)
     with pytest.raises(ValueError):
@@ -225,8 +265,11 @@ def test_nothing_before_greeting_and_ehlo() -> None:
 
 def test_data_refused_returns_to_ready_and_mail_refused_too() -> None:
     script = ehlo("PIPELINING") + [
-        ("C", lambda p: p.mail("a@x.org") + p.rcpt("b@x.org") + p.data(),
-         b"MAIL FROM:<a@x.org>\r\nRCPT TO:<b@x.org>\r\nDATA\r\n"),
+        (
+            "C",
+            lambda p: p.mail("a@x.org") + p.rcpt("b@x.org") + p.data(),
+            b"MAIL FROM:<a@x.org>\r\nRCPT TO:<b@x.org>\r\nDATA\r\n",
+        ),
         ("S", b"550 sender refused\r\n503 need MAIL\r\n503 need RCPT\r\n", [550, 503, 503]),
     ]
     p, _ = play(script, bytewise=False)
@@ -236,9 +279,12 @@ def test_data_refused_returns_to_ready_and_mail_refused_too() -> None:
 
 def test_dot_stuffing_and_line_endings_in_data() -> None:
     script = ehlo() + [
-        ("C", lambda p: p.mail("a@x.org"), b"MAIL FROM:<a@x.org>\r\n"), ("S", b"250 ok\r\n", [250]),
-        ("C", lambda p: p.rcpt("b@x.org"), b"RCPT TO:<b@x.org>\r\n"), ("S", b"250 ok\r\n", [250]),
-        ("C", lambda p: p.data(), b"DATA\r\n"), ("S", b"354 go\r\n", [354]),
+        ("C", lambda p: p.mail("a@x.org"), b"MAIL FROM:<a@x.org>\r\n"),
+        ("S", b"250 ok\r\n", [250]),
+        ("C", lambda p: p.rcpt("b@x.org"), b"RCPT TO:<b@x.org>\r\n"),
+        ("S", b"250 ok\r\n", [250]),
+        ("C", lambda p: p.data(), b"DATA\r\n"),
+        ("S", b"354 go\r\n", [354]),
         ("C", lambda p: p.send_data(b".a\n.\r.\r\n"), b"..a\r\n..\r\n..\r\n"),
         ("C", lambda p: p.send_data(b"end") + p.end_data(), b"end\r\n.\r\n"),
         ("S", b"250 queued\r\n", [250]),
@@ -250,8 +296,11 @@ def test_dot_stuffing_and_line_endings_in_data() -> None:
 @both
 def test_bdat_chunks_without_dot_stuffing(bytewise: bool) -> None:
     script = ehlo("CHUNKING", "PIPELINING") + [
-        ("C", lambda p: p.mail("a@x.org") + p.rcpt("b@x.org"),
-         b"MAIL FROM:<a@x.org>\r\nRCPT TO:<b@x.org>\r\n"),
+        (
+            "C",
+            lambda p: p.mail("a@x.org") + p.rcpt("b@x.org"),
+            b"MAIL FROM:<a@x.org>\r\nRCPT TO:<b@x.org>\r\n",
+        ),
         ("S", b"250 ok\r\n250 ok\r\n", [250, 250]),
         ("C", lambda p: p.bdat(b".x\n"), b"BDAT 4\r\n.x\r\n"),
         ("S", b"250 4 octets\r\n", [250]),
@@ -277,11 +326,23 @@ def test_lmtp_one_reply_per_accepted_recipient(bytewise: bool) -> None:
         ("S", b"220 lmtp ready\r\n", [220]),
         ("C", lambda p: p.ehlo("c.example"), b"LHLO c.example\r\n"),
         ("S", b"250-lmtp\r\n250 PIPELINING\r\n", [250]),
-        ("C", lambda p: p.mail("a@x.org") + p.rcpt("b@x.org") + p.rcpt("c@x.org")
-         + p.rcpt("d@x.org") + p.data(),
-         b"MAIL FROM:<a@x.org>\r\nRCPT TO:<b@x.org>\r\nRCPT TO:<c@x.org>\r\n"
-         b"RCPT TO:<d@x.org>\r\nDATA\r\n"),
-        ("S", b"250 ok\r\n250 ok\r\n550 unknown\r\n250 ok\r\n354 go\r\n", [250, 250, 550, 250, 354]),
+        (
+            "C",
+            lambda p: (
+                p.mail("a@x.org")
+                + p.rcpt("b@x.org")
+                + p.rcpt("c@x.org")
+                + p.rcpt("d@x.org")
+                + p.data()
+            ),
+            b"MAIL FROM:<a@x.org>\r\nRCPT TO:<b@x.org>\r\nRCPT TO:<c@x.org>\r\n"
+            b"RCPT TO:<d@x.org>\r\nDATA\r\n",
+        ),
+        (
+            "S",
+            b"250 ok\r\n250 ok\r\n550 unknown\r\n250 ok\r\n354 go\r\n",
+            [250, 250, 550, 250, 354],
+        ),
         ("C", lambda p: p.end_data(), b".\r\n"),
         ("S", b"250 2.0.0 b ok\r\n452 4.2.2 d over quota\r\n", [250, 452]),
     ]
@@ -296,9 +357,14 @@ def test_lmtp_pipelined_bdat_last_expands_at_reply_time() -> None:
         ("S", b"220 lmtp\r\n", [220]),
         ("C", lambda p: p.ehlo("c.example"), b"LHLO c.example\r\n"),
         ("S", b"250-lmtp\r\n250-CHUNKING\r\n250 PIPELINING\r\n", [250]),
-        ("C", lambda p: p.mail("a@x.org") + p.rcpt("b@x.org") + p.rcpt("c@x.org")
-         + p.bdat(b"hi", last=True),
-         b"MAIL FROM:<a@x.org>\r\nRCPT TO:<b@x.org>\r\nRCPT TO:<c@x.org>\r\nBDAT 4 LAST\r\nhi\r\n"),
+        (
+            "C",
+            lambda p: (
+                p.mail("a@x.org") + p.rcpt("b@x.org") + p.rcpt("c@x.org") + p.bdat(b"hi", last=True)
+            ),
+            b"MAIL FROM:<a@x.org>\r\nRCPT TO:<b@x.org>\r\nRCPT TO:<c@x.org>\r\n"
+            b"BDAT 4 LAST\r\nhi\r\n",
+        ),
         ("S", b"250 ok\r\n250 ok\r\n250 ok\r\n250 b\r\n250 c\r\n", [250] * 5),
     ]
     p, _ = play(script, bytewise=False, lmtp=True)
@@ -369,17 +435,20 @@ def test_eof_closes_and_later_data_is_an_error() -> None:
         p.receive_data(b"250 ok\r\n")
 
 
-@pytest.mark.parametrize("data, message", [
-    (b"abc hello\r\n", "malformed"),
-    (b"25 short\r\n", "malformed"),
-    (b"099 too low\r\n", "malformed"),
-    (b"600 too high\r\n", "malformed"),
-    (b"220_bad separator\r\n", "malformed"),
-    (b"220-one\r\n250 two\r\n", "mixes codes"),
-    (b"220 " + b"x" * 9000 + b"\r\n", "longer than"),
-    (b"220 " + b"x" * 9000, "longer than"),
-    (b"220-x\r\n" * 1001 + b"220 x\r\n", "more than 1000 lines"),
-])
+@pytest.mark.parametrize(
+    "data, message",
+    [
+        (b"abc hello\r\n", "malformed"),
+        (b"25 short\r\n", "malformed"),
+        (b"099 too low\r\n", "malformed"),
+        (b"600 too high\r\n", "malformed"),
+        (b"220_bad separator\r\n", "malformed"),
+        (b"220-one\r\n250 two\r\n", "mixes codes"),
+        (b"220 " + b"x" * 9000 + b"\r\n", "longer than"),
+        (b"220 " + b"x" * 9000, "longer than"),
+        (b"220-x\r\n" * 1001 + b"220 x\r\n", "more than 1000 lines"),
+    ],
+)
 def test_malformed_replies_fail_the_protocol(data: bytes, message: str) -> None:
     p = SMTPProtocol()
     with pytest.raises(ProtocolError, match=message):
@@ -399,10 +468,14 @@ def test_reply_with_nothing_pending_is_an_error() -> None:
 
 def test_rset_returns_to_ready_and_quit_closes() -> None:
     script = ehlo() + [
-        ("C", lambda p: p.mail("a@x.org"), b"MAIL FROM:<a@x.org>\r\n"), ("S", b"250 ok\r\n", [250]),
-        ("C", lambda p: p.rset(), b"RSET\r\n"), ("S", b"250 reset\r\n", [250]),
-        ("C", lambda p: p.noop(), b"NOOP\r\n"), ("S", b"250 ok\r\n", [250]),
-        ("C", lambda p: p.quit(), b"QUIT\r\n"), ("S", b"221 bye\r\n", [221]),
+        ("C", lambda p: p.mail("a@x.org"), b"MAIL FROM:<a@x.org>\r\n"),
+        ("S", b"250 ok\r\n", [250]),
+        ("C", lambda p: p.rset(), b"RSET\r\n"),
+        ("S", b"250 reset\r\n", [250]),
+        ("C", lambda p: p.noop(), b"NOOP\r\n"),
+        ("S", b"250 ok\r\n", [250]),
+        ("C", lambda p: p.quit(), b"QUIT\r\n"),
+        ("S", b"221 bye\r\n", [221]),
     ]
     p, _ = play(script, bytewise=False)
     assert p.state is State.CLOSED

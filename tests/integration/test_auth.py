@@ -1,0 +1,309 @@
+"""login() against aiosmtpd: each mechanism, failures, plaintext refusal, OAuth2 refresh."""
+
+from __future__ import annotations
+
+import base64
+import json
+import logging
+import socket
+import ssl
+import threading
+import urllib.parse
+from collections.abc import Callable, Iterator
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any
+
+import pytest
+import trustme
+
+from smtppool import AuthenticationError, Envelope, OAuth2, SMTPConnection
+from smtppool.sink import Sink
+
+SinkFactory = Callable[..., Sink]
+USERS = {"alice@x.org": "correct horse"}
+
+
+@pytest.mark.parametrize("method", [None, "PLAIN", "LOGIN", "CRAM-MD5"])
+def test_password_mechanisms(
+    smtpd: SinkFactory, client_tls: dict[str, Any], method: str | None
+) -> None:
+    sink = smtpd(tls="starttls", credentials=USERS)
+    with SMTPConnection(
+        host="localhost",
+        port=sink.port,
+        tls=client_tls,
+        auth=("alice@x.org", "correct horse"),
+        auth_method=method,
+    ) as conn:
+        conn.send(Envelope("alice@x.org", "b@x.org"), b"authenticated\r\n")
+    assert sink.auth_attempts == [(method or "CRAM-MD5", "alice@x.org", True)]
+    assert sink.messages[0].login == "alice@x.org"
+
+
+def test_login_is_separate_from_connect(smtpd: SinkFactory, client_tls: dict[str, Any]) -> None:
+    sink = smtpd(tls="starttls", credentials=USERS)
+    conn = SMTPConnection(host="localhost", port=sink.port, tls=client_tls)
+    conn.connect()
+    conn.login()  # no auth configured: counts as authenticated, sends nothing
+    assert sink.auth_attempts == []
+    conn.login(("alice@x.org", "correct horse"))
+    conn.quit()
+    assert sink.auth_attempts == [("CRAM-MD5", "alice@x.org", True)]
+
+
+@pytest.mark.parametrize("method", ["PLAIN", "LOGIN", "CRAM-MD5"])
+def test_wrong_password(smtpd: SinkFactory, client_tls: dict[str, Any], method: str) -> None:
+    sink = smtpd(tls="starttls", credentials=USERS)
+    conn = SMTPConnection(
+        host="localhost",
+        port=sink.port,
+        tls=client_tls,
+        auth=("alice@x.org", "wrong"),
+        auth_method=method,
+    )
+    conn.connect()
+    with pytest.raises(AuthenticationError, match=f"AUTH {method} failed") as info:
+        conn.login()
+    assert info.value.response_code == 535 and not info.value.temporary
+    assert "wrong" not in str(info.value) and "wrong" not in repr(info.value)
+    assert info.value.command is not None and "****" in info.value.command
+    assert len(sink.auth_attempts) == 1  # never silently retried with another method
+    conn.quit()
+
+
+def test_no_auth_offered_before_tls(smtpd: SinkFactory) -> None:
+    sink = smtpd(tls="starttls", credentials=USERS)
+    conn = SMTPConnection(
+        host="127.0.0.1", port=sink.port, ignore_tls=True, auth=("alice@x.org", "correct horse")
+    )
+    conn.connect()
+    with pytest.raises(AuthenticationError, match="does not offer AUTH \\(before TLS\\)"):
+        conn.login()
+    conn.close()
+
+
+def test_plaintext_auth_to_loopback_is_allowed(smtpd: SinkFactory) -> None:
+    sink = smtpd(credentials=USERS, auth_require_tls=False)
+    with SMTPConnection(host="127.0.0.1", port=sink.port, auth=("alice@x.org", "correct horse")):
+        pass
+    assert sink.auth_attempts == [("CRAM-MD5", "alice@x.org", True)]
+
+
+@pytest.mark.parametrize("allow", [False, True])
+def test_plaintext_auth_to_a_remote_peer(allow: bool) -> None:
+    """A socketpair peer is not loopback TCP: credentials leave only with the opt-in."""
+    client_end, server_end = socket.socketpair()
+    received = bytearray()
+
+    def server() -> None:
+        server_end.settimeout(5)
+        server_end.sendall(b"220 remote.example\r\n")
+        received.extend(server_end.recv(1024))  # EHLO
+        server_end.sendall(b"250-remote.example\r\n250 AUTH PLAIN LOGIN\r\n")
+        try:
+            while data := server_end.recv(1024):
+                received.extend(data)
+                if data.startswith(b"AUTH"):
+                    server_end.sendall(b"235 2.7.0 ok\r\n")
+        except OSError:
+            pass
+
+    thread = threading.Thread(target=server)
+    thread.start()
+    conn = SMTPConnection(
+        host="mail.example.com",
+        sock=client_end,
+        auth=("u", "secret"),
+        auth_method="PLAIN",
+        allow_plaintext_auth=allow,
+    )
+    conn.connect()
+    if allow:
+        conn.login()
+    else:
+        with pytest.raises(AuthenticationError, match="unencrypted"):
+            conn.login()
+    conn.close()
+    thread.join(10)
+    server_end.close()
+    assert (b"AUTH PLAIN AHUAc2VjcmV0" in received) is allow
+
+
+# -- OAuth2 --------------------------------------------------------------------------------
+
+
+class TokenEndpoint:
+    """A local HTTPS OAuth2 token endpoint that issues numbered tokens."""
+
+    def __init__(self, ca: trustme.CA) -> None:
+        self.requests: list[dict[str, str]] = []
+        self.issued = 0
+        endpoint = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_POST(self) -> None:  # noqa: N802 (http.server's naming)
+                length = int(self.headers["Content-Length"])
+                form = dict(urllib.parse.parse_qsl(self.rfile.read(length).decode()))
+                endpoint.requests.append(form)
+                endpoint.issued += 1
+                body = json.dumps(
+                    {
+                        "access_token": f"token-{endpoint.issued}",
+                        "token_type": "Bearer",
+                        "expires_in": 3600,
+                        "refresh_token": "refresh-2",
+                    }
+                ).encode()
+                self.send_response(200)
+                self.send_header("Content-Type", "application/json")
+                self.send_header("Content-Length", str(len(body)))
+                self.end_headers()
+                self.wfile.write(body)
+
+            def log_message(self, format: str, *args: Any) -> None:
+                pass
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+        ca.issue_cert("127.0.0.1").configure_cert(context)
+        self.server.socket = context.wrap_socket(self.server.socket, server_side=True)
+        self.url = f"https://127.0.0.1:{self.server.server_address[1]}/token"
+        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
+        self.thread.start()
+
+    def close(self) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+        self.thread.join(5)
+
+
+@pytest.fixture
+def token_endpoint(
+    ca: trustme.CA, tmp_path: Any, monkeypatch: pytest.MonkeyPatch
+) -> Iterator[TokenEndpoint]:
+    bundle = tmp_path / "ca.pem"
+    ca.cert_pem.write_to_path(str(bundle))
+    monkeypatch.setenv("REQUESTS_CA_BUNDLE", str(bundle))
+    endpoint = TokenEndpoint(ca)
+    yield endpoint
+    endpoint.close()
+
+
+def oauth_sink(smtpd: SinkFactory, token: str) -> Sink:
+    return smtpd(tls="starttls", tokens={"me@x.org": token})
+
+
+def test_static_access_token(smtpd: SinkFactory, client_tls: dict[str, Any]) -> None:
+    sink = oauth_sink(smtpd, "static")
+    with SMTPConnection(
+        host="localhost",
+        port=sink.port,
+        tls=client_tls,
+        auth=OAuth2(user="me@x.org", access_token="static"),
+    ):
+        pass
+    assert sink.auth_attempts == [("XOAUTH2", "me@x.org", True)]
+
+
+def test_expired_token_is_refreshed_and_stored(
+    smtpd: SinkFactory, client_tls: dict[str, Any], token_endpoint: TokenEndpoint
+) -> None:
+    sink = oauth_sink(smtpd, "token-1")
+    stored: list[dict[str, Any]] = []
+    auth = OAuth2(
+        user="me@x.org",
+        client_id="cid",
+        client_secret="csecret",
+        refresh_token="refresh-1",
+        access_token="old",
+        expires=1.0,
+        token_url=token_endpoint.url,
+        on_token=stored.append,
+    )
+    with SMTPConnection(host="localhost", port=sink.port, tls=client_tls, auth=auth):
+        pass
+    assert [r["grant_type"] for r in token_endpoint.requests] == ["refresh_token"]
+    assert token_endpoint.requests[0]["refresh_token"] == "refresh-1"
+    assert token_endpoint.requests[0]["client_id"] == "cid"
+    assert [t["access_token"] for t in stored] == ["token-1"]
+    assert sink.auth_attempts == [("XOAUTH2", "me@x.org", True)]  # the stale one never sent
+
+
+def test_rejected_token_is_refreshed_and_retried_exactly_once(
+    smtpd: SinkFactory, client_tls: dict[str, Any], token_endpoint: TokenEndpoint
+) -> None:
+    sink = oauth_sink(smtpd, "token-1")
+    auth = OAuth2(
+        user="me@x.org",
+        client_id="cid",
+        refresh_token="r",
+        access_token="revoked",
+        token_url=token_endpoint.url,
+    )
+    with SMTPConnection(host="localhost", port=sink.port, tls=client_tls, auth=auth):
+        pass
+    assert sink.auth_attempts == [("XOAUTH2", "me@x.org", False), ("XOAUTH2", "me@x.org", True)]
+    assert token_endpoint.issued == 1
+
+
+def test_token_rejected_twice_raises(
+    smtpd: SinkFactory, client_tls: dict[str, Any], token_endpoint: TokenEndpoint
+) -> None:
+    sink = oauth_sink(smtpd, "never-issued")
+    auth = OAuth2(
+        user="me@x.org",
+        client_id="cid",
+        refresh_token="r",
+        access_token="revoked",
+        token_url=token_endpoint.url,
+    )
+    conn = SMTPConnection(host="localhost", port=sink.port, tls=client_tls, auth=auth)
+    conn.connect()
+    with pytest.raises(AuthenticationError, match="AUTH XOAUTH2 failed") as info:
+        conn.login()
+    assert info.value.response_code == 535
+    assert len(sink.auth_attempts) == 2 and token_endpoint.issued == 1
+    conn.close()
+
+
+def test_credentials_never_reach_the_logs(
+    smtpd: SinkFactory, client_tls: dict[str, Any], caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.DEBUG, logger="smtppool")
+    sink = smtpd(tls="starttls", credentials=USERS, tokens={"me@x.org": "tok-SECRET"})
+    for method in ("PLAIN", "LOGIN", "CRAM-MD5"):
+        with SMTPConnection(
+            host="localhost",
+            port=sink.port,
+            tls=client_tls,
+            debug=True,
+            auth=("alice@x.org", "correct horse"),
+            auth_method=method,
+        ) as conn:
+            conn.send(Envelope("alice@x.org", "b@x.org"), b"body text\r\n")
+    with SMTPConnection(
+        host="localhost",
+        port=sink.port,
+        tls=client_tls,
+        transaction_log=True,
+        auth=OAuth2(user="me@x.org", access_token="tok-SECRET"),
+    ):
+        pass
+    bad = SMTPConnection(
+        host="localhost",
+        port=sink.port,
+        tls=client_tls,
+        transaction_log=True,
+        auth=("alice@x.org", "wrong horse"),
+        auth_method="PLAIN",
+    )
+    bad.connect()
+    with pytest.raises(AuthenticationError) as info:
+        bad.login()
+    bad.close()
+    text = caplog.text + str(info.value) + repr(info.value) + repr(bad)
+    assert "AUTH PLAIN ****" in caplog.text and "body text" in caplog.text  # logging works
+    for secret in ("correct horse", "wrong horse", "tok-SECRET"):
+        assert secret not in text
+        assert base64.b64encode(secret.encode()).decode()[:12] not in text
+    assert base64.b64encode(b"\0alice@x.org\0correct horse").decode() not in text
