@@ -124,23 +124,29 @@ class SMTPConnection:
     # -- the error boundary ------------------------------------------------------------
 
     @contextlib.contextmanager
-    def _guard(self, doing: str) -> Iterator[None]:
-        """Translate low-level errors to SMTPError; close the socket when unsafe to go on."""
+    def _translating(self, doing: str) -> Iterator[None]:
+        """The error boundary: turn socket and TLS errors into SMTPError subclasses."""
         try:
-            try:
+            yield
+        except SMTPError:
+            raise
+        except TimeoutError as exc:  # socket.timeout; before OSError, of which it is one
+            raise SMTPTimeoutError(f"timed out {doing}") from exc
+        except socket.gaierror as exc:
+            raise ConnectError(
+                f"cannot resolve {self.options.host!r}: {exc.strerror}", code="EDNS"
+            ) from exc
+        except (ssl.SSLError, ssl.CertificateError) as exc:
+            raise TLSError(f"TLS failure {doing}: {exc}") from exc
+        except OSError as exc:
+            raise ConnectError(f"connection failure {doing}: {exc}") from exc
+
+    @contextlib.contextmanager
+    def _guard(self, doing: str) -> Iterator[None]:
+        """Run a public operation: translate errors; close the socket when unsafe to go on."""
+        try:
+            with self._translating(doing):
                 yield
-            except SMTPError:
-                raise
-            except TimeoutError as exc:  # socket.timeout; before OSError, of which it is one
-                raise SMTPTimeoutError(f"timed out {doing}") from exc
-            except socket.gaierror as exc:
-                raise ConnectError(
-                    f"cannot resolve {self.options.host!r}: {exc.strerror}", code="EDNS"
-                ) from exc
-            except (ssl.SSLError, ssl.CertificateError) as exc:
-                raise TLSError(f"TLS failure {doing}: {exc}") from exc
-            except OSError as exc:
-                raise ConnectError(f"connection failure {doing}: {exc}") from exc
         except BaseException as exc:
             if isinstance(exc, _FATAL) or not self._is_clean():
                 self.close()
@@ -169,8 +175,9 @@ class SMTPConnection:
 
     def _write(self, data: bytes) -> None:
         sock = self._socket()
-        sock.settimeout(self.options.socket_timeout)
-        sock.sendall(data)
+        with self._translating("sending data"):
+            sock.settimeout(self.options.socket_timeout)
+            sock.sendall(data)
 
     def _read_reply(
         self,
@@ -188,14 +195,15 @@ class SMTPConnection:
         if deadline is None:
             deadline = time.monotonic() + self.options.socket_timeout
         protocol = self._protocol
-        while True:
-            reply = protocol.next_reply()
-            if reply is not None:
-                break
-            if protocol.peer_closed:
-                raise ConnectError(f"connection closed by the server while {doing}")
-            sock.settimeout(self._remaining(deadline, doing))
-            protocol.receive_data(sock.recv(READ_CHUNK_BYTES))
+        with self._translating(doing):
+            while True:
+                reply = protocol.next_reply()
+                if reply is not None:
+                    break
+                if protocol.peer_closed:
+                    raise ConnectError(f"connection closed by the server while {doing}")
+                sock.settimeout(self._remaining(deadline, doing))
+                protocol.receive_data(sock.recv(READ_CHUNK_BYTES))
         self.last_reply = reply
         if self._trace:
             self._log.debug(

@@ -352,6 +352,9 @@ class SMTPProtocol:
             raise ValueError(f"cannot send {verb} in state {self.state.name}")
         if _CONTROL.search(line):
             raise ValueError(f"control character in {verb} command {line[:80]!r}")
+        if not self._pending and self._buffer and not self._buffer.startswith(b"421"):
+            # Bytes nobody asked for would be read as the reply to this command.
+            self._fail(f"server sent unsolicited data {bytes(self._buffer[:80])!r}")
         if self._pending:
             last = self._pending[-1]
             if "PIPELINING" not in self.extensions:

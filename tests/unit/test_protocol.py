@@ -479,3 +479,21 @@ def test_rset_returns_to_ready_and_quit_closes() -> None:
     ]
     p, _ = play(script, bytewise=False)
     assert p.state is State.CLOSED
+
+
+def test_unsolicited_data_is_never_paired_with_the_next_command() -> None:
+    p = SMTPProtocol()
+    feed(p, b"220 hi\r\n", False)
+    p.ehlo("c.example")
+    p.receive_data(b"250 hello\r\n250 extra reply\r\n")
+    assert p.next_reply() is not None  # the EHLO reply; the extra one waits in the buffer
+    with pytest.raises(ProtocolError, match="unsolicited"):
+        p.mail("a@x.org")
+    assert p.state is State.FAILED
+
+
+def test_a_pending_421_notice_does_not_count_as_unsolicited_garbage() -> None:
+    p, _ = play(ehlo(), bytewise=False)
+    p.receive_data(b"421 4.4.2 closing")  # not yet complete
+    p.mail("a@x.org")
+    assert feed(p, b"\r\n", False)[0].code == 421 and p.state is State.CLOSED

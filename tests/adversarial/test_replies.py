@@ -1,0 +1,110 @@
+"""Malformed, oversized, unsolicited and closing replies from a scripted server."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import pytest
+
+from smtppool import ConnectError, Envelope, ProtocolError, SMTPConnection
+
+from ..servers import (
+    ScriptedServer,
+    Step,
+    expect,
+    expect_data,
+    expect_eof,
+    hello,
+    send,
+    send_repeated,
+)
+
+Scripted = Callable[..., ScriptedServer]
+
+
+def client(server: ScriptedServer, **options: object) -> SMTPConnection:
+    return SMTPConnection(
+        host=server.host, port=server.port, socket_timeout=5, greeting_timeout=5, **options
+    )  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize(
+    "greeting",
+    [
+        b"abc not a code\r\n",
+        b"2x0 nearly\r\n",
+        b"220_weird separator\r\n",
+        b"220-first\r\n250 second code\r\n",
+        b"\x00\x01\x02\r\n",
+    ],
+)
+def test_malformed_greeting(scripted: Scripted, greeting: bytes) -> None:
+    server = scripted([send(greeting)])
+    conn = client(server)
+    with pytest.raises(ProtocolError) as info:
+        conn.connect()
+    assert info.value.code == "EPROTOCOL" and not conn.is_connected
+
+
+def test_one_megabyte_line_is_refused_with_bounded_memory(scripted: Scripted) -> None:
+    server = scripted([send(b"220 "), send_repeated(b"x" * 65536, 16)])
+    conn = client(server)
+    with pytest.raises(ProtocolError, match="longer than 8192"):
+        conn.connect()
+    assert len(conn._protocol._buffer) < 100_000  # stopped reading long before 1 MB
+    assert not conn.is_connected
+
+
+def test_endless_continuation_lines(scripted: Scripted) -> None:
+    server = scripted([send(b"220 hi\r\n"), expect(b"EHLO"), send_repeated(b"250-more\r\n", 5000)])
+    with pytest.raises(ProtocolError, match="more than 1000 lines"):
+        client(server).connect()
+
+
+def test_extra_reply_is_not_paired_with_the_next_command(scripted: Scripted) -> None:
+    server = scripted(
+        [
+            send(b"220 hi\r\n"),
+            expect(b"EHLO"),
+            send(b"250 hello\r\n250 2.1.0 sender ok (unsolicited)\r\n"),
+            expect_eof(),
+        ]
+    )
+    conn = client(server)
+    conn.connect()
+    with pytest.raises(ProtocolError, match="unsolicited"):
+        conn.send(Envelope("a@x.org", "b@x.org"), b"x")
+    assert not conn.is_connected
+    server.stop()
+    assert b"EHLO" in server.received and b"MAIL" not in server.received
+
+
+ENVELOPE_SENT = [*hello(), expect(b"MAIL"), send(b"250 ok\r\n"), expect(b"RCPT")]
+BEFORE_421: dict[str, list[Step]] = {
+    "greeting": [],
+    "EHLO": [send(b"220 hi\r\n"), expect(b"EHLO")],
+    "MAIL": [*hello(), expect(b"MAIL")],
+    "RCPT": [*hello(), expect(b"MAIL"), send(b"250 ok\r\n"), expect(b"RCPT")],
+    "DATA": [*ENVELOPE_SENT, send(b"250 ok\r\n"), expect(b"DATA")],
+    "end of data": [
+        *ENVELOPE_SENT,
+        send(b"250 ok\r\n"),
+        expect(b"DATA"),
+        send(b"354 go\r\n"),
+        expect_data(),
+    ],
+}
+
+
+@pytest.mark.parametrize("step", list(BEFORE_421))
+def test_421_at_each_step(scripted: Scripted, step: str) -> None:
+    server = scripted([*BEFORE_421[step], send(b"421 4.3.2 service shutting down\r\n")])
+    conn = client(server)
+    with pytest.raises(ConnectError) as info:
+        conn.connect()
+        conn.send(Envelope("a@x.org", "b@x.org"), b"hello\r\n")
+    error = info.value
+    assert error.response_code == 421 and error.temporary
+    assert error.response == "421 4.3.2 service shutting down"
+    assert not error.delivery_unknown  # the server answered: it did not take the message
+    assert not conn.is_connected

@@ -1,0 +1,107 @@
+"""Servers that stall or drip: every wait ends at its deadline with SMTPTimeoutError."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+
+import pytest
+
+from smtppool import Envelope, SMTPConnection, SMTPTimeoutError
+
+from ..servers import ScriptedServer, drip, expect, expect_data, hello, send, sleep
+
+Scripted = Callable[..., ScriptedServer]
+UP_TO_DATA = [
+    *hello(),
+    expect(b"MAIL"),
+    send(b"250 ok\r\n"),
+    expect(b"RCPT"),
+    send(b"250 ok\r\n"),
+    expect(b"DATA"),
+]
+
+
+def timed(action: Callable[[], object]) -> tuple[SMTPTimeoutError, float]:
+    start = time.monotonic()
+    with pytest.raises(SMTPTimeoutError) as info:
+        action()
+    return info.value, time.monotonic() - start
+
+
+def test_no_greeting(scripted: Scripted) -> None:
+    server = scripted([sleep(3)])
+    conn = SMTPConnection(host=server.host, port=server.port, greeting_timeout=0.5)
+    error, elapsed = timed(conn.connect)
+    assert "greeting" in str(error) and error.code == "ETIMEDOUT" and error.temporary
+    assert 0.4 < elapsed < 2.5 and not conn.is_connected
+
+
+def test_dripped_greeting_cannot_extend_the_deadline(scripted: Scripted) -> None:
+    server = scripted([drip(b"220 a very slow greeting indeed\r\n", 0.1)])  # 3.4 s in all
+    conn = SMTPConnection(host=server.host, port=server.port, greeting_timeout=1.0)
+    error, elapsed = timed(conn.connect)
+    assert "greeting" in str(error) and elapsed < 2.5
+
+
+def test_stalled_reply(scripted: Scripted) -> None:
+    server = scripted([*hello(), expect(b"MAIL"), sleep(3)])
+    conn = SMTPConnection(host=server.host, port=server.port, socket_timeout=0.5)
+    conn.connect()
+    error, elapsed = timed(lambda: conn.send(Envelope("a@x.org", "b@x.org"), b"x"))
+    assert elapsed < 2.5 and not conn.is_connected  # never reused: a late reply would mispair
+    assert not error.delivery_unknown
+
+
+def test_dripped_reply_cannot_extend_the_deadline(scripted: Scripted) -> None:
+    server = scripted([*hello(), expect(b"NOOP"), drip(b"250 fine, thanks for waiting\r\n", 0.1)])
+    conn = SMTPConnection(host=server.host, port=server.port, socket_timeout=1.0)
+    conn.connect()
+    _, elapsed = timed(conn.noop)
+    assert elapsed < 2.5
+
+
+def test_server_that_stops_reading_the_body(scripted: Scripted) -> None:
+    server = scripted([*UP_TO_DATA, send(b"354 go\r\n"), sleep(4)])
+    conn = SMTPConnection(host=server.host, port=server.port, socket_timeout=0.5)
+    conn.connect()
+    body = iter([b"y" * 998 + b"\r\n"] * 100_000)  # 100 MB: far more than socket buffers hold
+    error, elapsed = timed(lambda: conn.send(Envelope("a@x.org", "b@x.org"), body))
+    assert not error.delivery_unknown and elapsed < 3.5 and not conn.is_connected
+
+
+def test_stall_after_final_dot_is_delivery_unknown(scripted: Scripted) -> None:
+    server = scripted([*UP_TO_DATA, send(b"354 go\r\n"), expect_data(), sleep(3)])
+    conn = SMTPConnection(host=server.host, port=server.port, socket_timeout=0.5)
+    conn.connect()
+    error, _ = timed(lambda: conn.send(Envelope("a@x.org", "b@x.org"), b"x\r\n"))
+    assert error.delivery_unknown
+
+
+def test_connect_timeout_to_an_unroutable_address() -> None:
+    # A listener with a full backlog does not complete new handshakes on Linux loopback,
+    # so connect() blocks until the connection deadline.
+    import socket
+
+    listener = socket.socket()
+    listener.bind(("127.0.0.1", 0))
+    listener.listen(0)
+    fillers = []
+    try:
+        for _ in range(8):
+            filler = socket.socket()
+            filler.setblocking(False)
+            filler.connect_ex(listener.getsockname())
+            fillers.append(filler)
+        conn = SMTPConnection(
+            host="127.0.0.1",
+            port=listener.getsockname()[1],
+            connection_timeout=0.5,
+            greeting_timeout=0.5,
+        )
+        error, elapsed = timed(conn.connect)
+        assert elapsed < 2.5
+    finally:
+        for filler in fillers:
+            filler.close()
+        listener.close()

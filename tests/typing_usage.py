@@ -1,0 +1,42 @@
+"""Type-checked (not run) use of the public API from a user's side: mypy checks this file."""
+
+from __future__ import annotations
+
+import smtplib
+import ssl
+from email.message import EmailMessage
+
+import smtppool
+
+
+def usage() -> None:
+    message = EmailMessage()
+    message["From"] = "a@example.com"
+    conn = smtppool.SMTPConnection(
+        host="smtp.example.com",
+        port=587,
+        auth=("user", "pw"),
+        tls=ssl.create_default_context(),
+        socket_timeout=30.0,
+    )
+    with conn:
+        result: smtppool.SendResult = conn.send(
+            smtppool.Envelope("a@example.com", ["b@example.com"], dsn=smtppool.DSN(ret="HDRS")),
+            message,
+        )
+        accepted: list[str] = result.accepted
+        errors: list[smtppool.SMTPError] = result.rejected_errors
+        print(accepted, errors, result.response, conn.extensions.size, conn.secure)
+        conn.send({"from": "a@example.com", "to": "b@example.com"}, b"raw bytes")
+        conn.send({"from": "a@example.com", "to": "b@example.com"}, open("m.eml", "rb"))
+    oauth = smtppool.OAuth2(user="a@example.com", access_token="token")
+    smtppool.SMTPConnection(host="smtp.gmail.com", secure=True, auth=oauth, auth_method="XOAUTH2")
+    try:
+        conn.noop()
+    except smtppool.SMTPError as exc:
+        code: str = exc.code
+        temporary: bool = exc.temporary
+        reply_code: int | None = exc.response_code
+        print(code, temporary, reply_code, exc.delivery_unknown)
+    except smtplib.SMTPException:
+        pass
