@@ -533,9 +533,13 @@ class SMTPConnection:
 
     def _abort(self) -> None:
         """Reset the session after a transaction failed before its data was complete."""
-        reply = self._command(self._protocol.rset())
+        self._expect_positive(self._protocol.rset(), "RSET")
+
+    def _expect_positive(self, command: bytes, verb: str) -> Reply:
+        reply = self._command(command)
         if not reply.is_positive:
-            raise ProtocolError.from_reply(reply, "RSET refused")
+            raise ProtocolError.from_reply(reply, f"{verb} refused")
+        return reply
 
     def _stream(self, data: bytes) -> None:
         if data:
@@ -604,18 +608,12 @@ class SMTPConnection:
     def reset(self) -> Reply:
         """RSET: abandon any transaction and return to a clean session."""
         with self._guard("resetting"):
-            reply = self._command(self._protocol.rset())
-            if not reply.is_positive:
-                raise ProtocolError.from_reply(reply, "RSET refused")
-            return reply
+            return self._expect_positive(self._protocol.rset(), "RSET")
 
     def noop(self) -> Reply:
         """NOOP: check that the server still answers."""
         with self._guard("sending NOOP"):
-            reply = self._command(self._protocol.noop())
-            if not reply.is_positive:
-                raise ProtocolError.from_reply(reply, "NOOP refused")
-            return reply
+            return self._expect_positive(self._protocol.noop(), "NOOP")
 
     def quit(self) -> None:
         """Say goodbye and close; a server that just hangs up (even mid-TLS) is fine too."""

@@ -142,6 +142,18 @@ def hello(*extensions: str) -> list[Step]:
     ]
 
 
+def up_to_data(*extensions: str) -> list[Step]:
+    """Greeting, EHLO, and MAIL and RCPT accepted, ending when DATA arrives."""
+    return [
+        *hello(*extensions),
+        expect(b"MAIL"),
+        send(b"250 ok\r\n"),
+        expect(b"RCPT"),
+        send(b"250 ok\r\n"),
+        expect(b"DATA"),
+    ]
+
+
 class ScriptedServer:
     """Plays ``scripts[i]`` to the i-th connection on a free loopback port."""
 

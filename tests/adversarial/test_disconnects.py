@@ -8,18 +8,11 @@ import pytest
 
 from smtppool import ConnectError, Envelope, SMTPConnection
 
-from ..servers import ScriptedServer, close, expect, expect_data, hello, send
+from ..servers import ScriptedServer, close, expect, expect_data, hello, send, up_to_data
 
 Scripted = Callable[..., ScriptedServer]
 ENVELOPE = Envelope("a@x.org", "b@x.org")
-UP_TO_DATA = [
-    *hello(),
-    expect(b"MAIL"),
-    send(b"250 ok\r\n"),
-    expect(b"RCPT"),
-    send(b"250 ok\r\n"),
-    expect(b"DATA"),
-]
+UP_TO_DATA = up_to_data()
 
 
 def client(server: ScriptedServer) -> SMTPConnection:

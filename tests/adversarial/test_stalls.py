@@ -9,17 +9,10 @@ import pytest
 
 from smtppool import Envelope, SMTPConnection, SMTPTimeoutError
 
-from ..servers import ScriptedServer, drip, expect, expect_data, hello, send, sleep
+from ..servers import ScriptedServer, drip, expect, expect_data, hello, send, sleep, up_to_data
 
 Scripted = Callable[..., ScriptedServer]
-UP_TO_DATA = [
-    *hello(),
-    expect(b"MAIL"),
-    send(b"250 ok\r\n"),
-    expect(b"RCPT"),
-    send(b"250 ok\r\n"),
-    expect(b"DATA"),
-]
+UP_TO_DATA = up_to_data()
 
 
 def timed(action: Callable[[], object]) -> tuple[SMTPTimeoutError, float]:

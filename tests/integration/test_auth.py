@@ -193,6 +193,17 @@ def oauth_sink(smtpd: SinkFactory, token: str) -> Sink:
     return smtpd(tls="starttls", tokens={"me@x.org": token})
 
 
+def revoked_token(endpoint: TokenEndpoint) -> OAuth2:
+    """Credentials whose access token the server refuses, refreshable at ``endpoint``."""
+    return OAuth2(
+        user="me@x.org",
+        client_id="cid",
+        refresh_token="r",
+        access_token="revoked",
+        token_url=endpoint.url,
+    )
+
+
 def test_static_access_token(smtpd: SinkFactory, client_tls: dict[str, Any]) -> None:
     sink = oauth_sink(smtpd, "static")
     with SMTPConnection(
@@ -233,13 +244,7 @@ def test_rejected_token_is_refreshed_and_retried_exactly_once(
     smtpd: SinkFactory, client_tls: dict[str, Any], token_endpoint: TokenEndpoint
 ) -> None:
     sink = oauth_sink(smtpd, "token-1")
-    auth = OAuth2(
-        user="me@x.org",
-        client_id="cid",
-        refresh_token="r",
-        access_token="revoked",
-        token_url=token_endpoint.url,
-    )
+    auth = revoked_token(token_endpoint)
     with SMTPConnection(host="localhost", port=sink.port, tls=client_tls, auth=auth):
         pass
     assert sink.auth_attempts == [("XOAUTH2", "me@x.org", False), ("XOAUTH2", "me@x.org", True)]
@@ -250,13 +255,7 @@ def test_token_rejected_twice_raises(
     smtpd: SinkFactory, client_tls: dict[str, Any], token_endpoint: TokenEndpoint
 ) -> None:
     sink = oauth_sink(smtpd, "never-issued")
-    auth = OAuth2(
-        user="me@x.org",
-        client_id="cid",
-        refresh_token="r",
-        access_token="revoked",
-        token_url=token_endpoint.url,
-    )
+    auth = revoked_token(token_endpoint)
     conn = SMTPConnection(host="localhost", port=sink.port, tls=client_tls, auth=auth)
     conn.connect()
     with pytest.raises(AuthenticationError, match="AUTH XOAUTH2 failed") as info:

@@ -109,3 +109,16 @@ def test_minimum_version_is_applied(
     ) as conn:
         assert conn._sock is not None and isinstance(conn._sock, ssl.SSLSocket)
         assert conn._sock.version() == "TLSv1.3"
+
+
+def test_given_socket_is_upgraded_to_tls_when_secure(
+    smtpd: SinkFactory, client_tls: dict[str, Any]
+) -> None:
+    import socket
+
+    sink = smtpd(tls="implicit")
+    sock = socket.create_connection(("127.0.0.1", sink.port))
+    with SMTPConnection(host="localhost", sock=sock, secure=True, tls=client_tls) as conn:
+        assert conn.tls_mode == "implicit"
+        conn.send(Envelope("a@x.org", "b@x.org"), b"given socket, TLS\r\n")
+    assert len(sink.messages) == 1
