@@ -23,6 +23,7 @@ from .errors import (
     TLSError,
 )
 from .oauth2 import OAuth2
+from .pool import SMTPPool
 from .protocol import Extensions, Reply, SMTPProtocol
 
 __version__ = "0.1.0"
@@ -43,6 +44,7 @@ __all__ = [
     "Reply",
     "SMTPConnection",
     "SMTPError",
+    "SMTPPool",
     "SMTPProtocol",
     "SMTPTimeoutError",
     "SendResult",

@@ -1,18 +1,23 @@
 """Options: every connection and pool setting in one validated, hashable value.
 
-``SMTPConnection``, ``SMTPPool`` and the integrations all build an :class:`Options`, so
-each option is defined, defaulted and checked in exactly one place.  Also builds the
-verifying ``ssl.SSLContext`` the ``tls`` option describes.
+``SMTPConnection``, ``SMTPPool`` and the integrations all build an :class:`Options`
+(through :meth:`Options.from_settings`), so each option is defined, defaulted and
+checked in one place.  Settings come from a well-known service (``services.json``), then
+an ``smtp://`` URL, then explicit keywords, each overriding the one before.  Also builds
+the verifying ``ssl.SSLContext`` the ``tls`` option describes.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import functools
+import importlib.resources
+import json
 import logging
 import math
 import re
 import ssl
+import urllib.parse
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -20,7 +25,14 @@ from typing import Any
 from .auth import MECHANISMS, Credentials
 from .oauth2 import OAuth2
 
-__all__ = ["TLS_OPTION_KEYS", "Options", "make_ssl_context", "normalise_auth"]
+__all__ = [
+    "TLS_OPTION_KEYS",
+    "Options",
+    "lookup_service",
+    "make_ssl_context",
+    "normalise_auth",
+    "parse_url",
+]
 
 #: Keys accepted in a ``tls={...}`` dict of overrides on the verifying default context.
 TLS_OPTION_KEYS = frozenset(
@@ -165,6 +177,21 @@ class Options:
         if self.logger is not None and not isinstance(self.logger, logging.Logger):
             raise TypeError("logger must be a logging.Logger")
 
+    @classmethod
+    def from_settings(
+        cls, *, url: str | None = None, service: str | None = None, **settings: Any
+    ) -> Options:
+        """Merge service defaults, then ``url``, then explicit ``settings`` (each wins)."""
+        from_url = parse_url(url) if url is not None else {}
+        service = service or from_url.pop("service", None)
+        merged = dict(lookup_service(service)) if service else {}
+        merged.update(from_url)
+        merged.update(settings)
+        unknown = set(merged) - _FIELD_NAMES
+        if unknown:
+            raise TypeError(f"unknown option(s) {sorted(unknown)}; valid: {sorted(_FIELD_NAMES)}")
+        return cls(**merged)
+
     def replace(self, **changes: Any) -> Options:
         """Return a copy with ``changes`` applied (and validated)."""
         return dataclasses.replace(self, **changes)
@@ -215,3 +242,138 @@ def make_ssl_context(tls: TLSOptions) -> ssl.SSLContext:
     if "certfile" in opts:
         context.load_cert_chain(opts["certfile"], opts.get("keyfile"), opts.get("password"))
     return context
+
+
+_FIELD_NAMES = frozenset(f.name for f in dataclasses.fields(Options))
+
+# -- well-known services ---------------------------------------------------------------
+
+
+def _service_key(name: str) -> str:
+    """Normalise like Nodemailer: an address counts by its domain; keep [a-z0-9.-]."""
+    return re.sub(r"[^a-z0-9.-]", "", name.rpartition("@")[2].lower())
+
+
+@functools.cache
+def _services() -> dict[str, dict[str, Any]]:
+    text = (importlib.resources.files("smtppool") / "services.json").read_text("utf-8")
+    index: dict[str, dict[str, Any]] = {}
+    for name, entry in json.loads(text).items():
+        settings = {k: v for k, v in entry.items() if k not in ("aliases", "domains")}
+        for key in (name, *entry.get("aliases", ()), *entry.get("domains", ())):
+            index.setdefault(_service_key(key), settings)
+    return index
+
+
+def lookup_service(name: str) -> Mapping[str, Any]:
+    """Settings (host, port, secure, ...) of a well-known service, by name, alias, domain
+    or email address, case-insensitively.
+
+    :raises ValueError: the service is not known.
+    """
+    try:
+        return _services()[_service_key(name)]
+    except KeyError:
+        raise ValueError(
+            f"unknown service {name!r}; the known ones are listed in smtppool/services.json"
+        ) from None
+
+
+# -- smtp:// URLs ------------------------------------------------------------------------
+
+_URL_SCHEMES: dict[str, dict[str, Any]] = {
+    "smtp": {"secure": False},
+    "smtps": {"secure": True},
+    "lmtp": {"lmtp": True, "secure": False},
+}
+_DURATIONS = frozenset(
+    {
+        "connection_timeout",
+        "greeting_timeout",
+        "socket_timeout",
+        "idle_timeout",
+        "connection_ttl",
+        "rate_delta",
+    }
+)
+_NOT_IN_URLS = frozenset({"auth", "tls", "on_idle", "get_socket", "logger"})
+#: Nodemailer's ``tls.*`` names, translated to ours.
+_NODEMAILER_TLS = {
+    "rejectUnauthorized": "verify",
+    "servername": "server_hostname",
+    "minVersion": "minimum_version",
+    "maxVersion": "maximum_version",
+}
+_TRUE = {"1", "true", "yes", "on"}
+_FALSE = {"0", "false", "no", "off"}
+
+
+def _coerce(name: str, value: str, kind: str) -> Any:
+    try:
+        if "bool" in kind:
+            if value.lower() in _TRUE | _FALSE:
+                return value.lower() in _TRUE
+            raise ValueError(value)
+        if "int" in kind:
+            return int(value)
+        if "float" in kind:
+            return float(value)
+    except ValueError:
+        raise ValueError(f"URL option {name}={value!r} is not a valid {kind}") from None
+    return value
+
+
+def _url_option(key: str, value: str) -> tuple[str, Any]:
+    """Translate one query parameter; camelCase (Nodemailer) durations are milliseconds."""
+    name = re.sub(r"([a-z0-9])([A-Z])", r"\1_\2", key).lower()
+    if name == "service":
+        return name, value
+    kind = _FIELD_TYPES.get(name)
+    if kind is None or name in _NOT_IN_URLS:
+        valid = sorted(set(_FIELD_TYPES) - _NOT_IN_URLS | {"service", "tls.<option>"})
+        raise ValueError(f"unknown URL option {key!r}; valid: {', '.join(valid)}")
+    coerced = _coerce(key, value, kind)
+    if name in _DURATIONS and name != key:  # camelCase: Nodemailer's milliseconds
+        coerced = coerced / 1000.0
+    return name, coerced
+
+
+def parse_url(url: str) -> dict[str, Any]:
+    """Settings from ``smtp://``, ``smtps://`` or ``lmtp://user:password@host:port/?options``.
+
+    User and password are percent-decoded; query options use the Python names or
+    Nodemailer's camelCase ones; ``tls.<key>`` sets a ``tls`` override.
+
+    :raises ValueError: an unsupported scheme, a bad port, or an unknown or invalid option.
+    """
+    parts = urllib.parse.urlsplit(url)
+    scheme = parts.scheme.lower()
+    if scheme not in _URL_SCHEMES:
+        raise ValueError(f"unsupported URL scheme {scheme!r}; use smtp://, smtps:// or lmtp://")
+    settings: dict[str, Any] = dict(_URL_SCHEMES[scheme])
+    if parts.hostname:
+        settings["host"] = parts.hostname
+    try:
+        port = parts.port
+    except ValueError:
+        raise ValueError(f"invalid port in URL {scheme}://{parts.hostname}:...") from None
+    if port is not None:
+        settings["port"] = port
+    if parts.username is not None:
+        password = urllib.parse.unquote(parts.password or "")
+        settings["auth"] = (urllib.parse.unquote(parts.username), password)
+    tls: dict[str, Any] = {}
+    for key, value in urllib.parse.parse_qsl(parts.query, keep_blank_values=True):
+        if key.startswith("tls."):
+            option = _NODEMAILER_TLS.get(key[4:], key[4:])
+            boolean = option in ("verify", "check_hostname")
+            tls[option] = _coerce(key, value, "bool") if boolean else value
+        elif key != "pool":  # Nodemailer's pool=true: we always pool
+            name, coerced = _url_option(key, value)
+            settings[name] = coerced
+    if tls:
+        settings["tls"] = tls
+    return settings
+
+
+_FIELD_TYPES = {f.name: str(f.type) for f in dataclasses.fields(Options)}

@@ -12,6 +12,7 @@ import contextlib
 import functools
 import ipaddress
 import logging
+import select
 import socket
 import ssl
 import threading
@@ -75,7 +76,7 @@ class SMTPConnection:
         self, *, sock: socket.socket | None = None, options: Options | None = None, **settings: Any
     ) -> None:
         if options is None:
-            options = Options(**settings)
+            options = Options.from_settings(**settings)
         elif settings:
             options = options.replace(**settings)
         self.options = options
@@ -549,9 +550,11 @@ class SMTPConnection:
 
     def _send_data(self, source: MessageSource, accepted: int) -> list[Reply]:
         p = self._protocol
+        held = b""  # the last chunk goes out with the terminator: one write fewer
         for chunk in source.chunks:
-            self._stream(p.send_data(chunk))
-        return self._finish(p.end_data(), accepted)
+            self._stream(held)
+            held = p.send_data(chunk)
+        return self._finish(held + p.end_data(), accepted)
 
     def _send_chunks(self, source: MessageSource, accepted: int) -> list[Reply]:
         """BDAT (CHUNKING): each chunk announced with its size, the last one with LAST."""
@@ -567,7 +570,11 @@ class SMTPConnection:
         return self._finish(p.bdat(chunk, last=True), accepted)
 
     def _finish(self, end: bytes, accepted: int) -> list[Reply]:
-        """Send the end of the data and read the verdict (one per recipient under LMTP)."""
+        """Send the end of the data and read the verdict (one per recipient under LMTP).
+
+        A connection lost from here on leaves the outcome unknown; when the final write
+        itself fails part-way that is conservative (the terminator may not have gone).
+        """
         try:
             self._stream(end)
             count = accepted if self.options.lmtp else 1
@@ -602,6 +609,46 @@ class SMTPConnection:
         if not accepted:
             raise MessageError.from_reply(finals[-1], "message refused for every recipient")
         return SendResult(accepted, rejected, errors, str(finals[-1]), env, responses)
+
+    # -- reuse ---------------------------------------------------------------------------
+
+    def is_reusable(self) -> bool:
+        """True if the session can carry another message right now.
+
+        False when ``max_messages`` or ``connection_ttl`` is reached, the session is not
+        idle and clean, or the server spoke or hung up while we were idle (usually a
+        ``421`` idle timeout).  A TLS-aware peek tells real data from TLS records such as
+        session tickets, which make an idle socket readable without meaning anything.
+        """
+        opts = self.options
+        if not self._is_clean() or self._protocol.state != State.READY:
+            return False
+        if self.messages_sent >= opts.max_messages:
+            return False
+        if opts.connection_ttl is not None and self.connected_at is not None:
+            if time.monotonic() - self.connected_at >= opts.connection_ttl:
+                return False
+        sock = self._socket()
+        buffered = isinstance(sock, ssl.SSLSocket) and sock.pending() > 0
+        if not buffered and not select.select([sock], [], [], 0)[0]:
+            return True
+        try:
+            sock.setblocking(False)
+            data = sock.recv(READ_CHUNK_BYTES)
+        except (BlockingIOError, ssl.SSLWantReadError, ssl.SSLWantWriteError):
+            return True  # only TLS housekeeping was pending
+        except OSError:
+            data = b""
+        finally:
+            with contextlib.suppress(OSError):
+                sock.settimeout(opts.socket_timeout)
+        if data:
+            self._log.info(
+                "server %s spoke while idle: %r; discarding the connection", opts.host, data[:200]
+            )
+        else:
+            self._log.debug("server %s closed the idle connection", opts.host)
+        return False
 
     # -- session control ---------------------------------------------------------------
 

@@ -19,7 +19,14 @@ from email.generator import BytesGenerator
 from email.message import Message
 from typing import Any, BinaryIO
 
-__all__ = ["CHUNK_BYTES", "DataEncoder", "MessageInput", "MessageSource", "prepare_message"]
+__all__ = [
+    "CHUNK_BYTES",
+    "DataEncoder",
+    "MessageInput",
+    "MessageSource",
+    "prepare_message",
+    "strip_bcc",
+]
 
 #: Size of the pieces a message is read and sent in.
 CHUNK_BYTES = 64 * 1024
@@ -27,6 +34,8 @@ CHUNK_BYTES = 64 * 1024
 MessageInput = Message | bytes | bytearray | memoryview | str | BinaryIO | Iterable[bytes]
 
 _LINE_BREAK = re.compile(rb"\r\n|\r|\n")
+_HEADER_END = re.compile(rb"\r?\n\r?\n")
+_BCC_FIELD = re.compile(rb"^(?:resent-)?bcc:.*(?:\r?\n[ \t].*)*\r?\n", re.IGNORECASE | re.MULTILINE)
 
 
 class DataEncoder:
@@ -89,6 +98,16 @@ def flatten_message(message: Message, *, international: bool = False) -> bytes:
     buffer = io.BytesIO()
     BytesGenerator(buffer, policy=policy).flatten(message, linesep="\r\n")
     return buffer.getvalue()
+
+
+def strip_bcc(raw: bytes) -> bytes:
+    """Remove ``Bcc`` and ``Resent-Bcc`` fields (folded lines included) from a raw header."""
+    end = _HEADER_END.search(raw)
+    split = end.end() if end else len(raw)
+    head = raw[:split]
+    if b"cc:" not in head.lower():
+        return raw
+    return _BCC_FIELD.sub(b"", head) + raw[split:]
 
 
 def _slices(data: bytes, chunk_size: int) -> Iterator[bytes]:

@@ -110,7 +110,9 @@ class Sink:
         if self._thread is not None:
             raise RuntimeError("sink already started")
         family = socket.AF_INET6 if ":" in self.host else socket.AF_INET
-        listener = socket.socket(family, socket.SOCK_STREAM)
+        # proto must be IPPROTO_TCP: asyncio only sets TCP_NODELAY on such sockets, and
+        # without it Nagle holds each pipelined reply for the client's delayed ACK (40 ms).
+        listener = socket.socket(family, socket.SOCK_STREAM, socket.IPPROTO_TCP)
         listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         listener.bind((self.host, self.port))
         listener.listen(128)
@@ -138,13 +140,10 @@ class Sink:
         async def shutdown() -> None:
             assert self._server is not None
             self._server.close()
-            for protocol in list(self._active):
-                if protocol.transport is not None:
-                    protocol.transport.close()
-            await asyncio.sleep(0)
 
         try:
             asyncio.run_coroutine_threadsafe(shutdown(), loop).result(timeout)
+            self.drop_connections(timeout)
         finally:
             loop.call_soon_threadsafe(loop.stop)
             thread.join(timeout)
@@ -173,6 +172,22 @@ class Sink:
     def _closed(self, protocol: Any) -> None:
         with self._lock:
             self._active.discard(protocol)
+
+    def drop_connections(self, timeout: float = 5.0) -> int:
+        """Close every open session without a word, as a server restart or idle timeout
+        would; return how many were dropped."""
+        loop = self._loop
+        if loop is None:
+            return 0
+
+        async def drop() -> int:
+            sessions = list(self._active)
+            for protocol in sessions:
+                if protocol.transport is not None:
+                    protocol.transport.close()
+            return len(sessions)
+
+        return asyncio.run_coroutine_threadsafe(drop(), loop).result(timeout)
 
     @property
     def active_connections(self) -> int:

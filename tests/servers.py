@@ -28,7 +28,9 @@ class Peer:
 
     def read_until(self, marker: bytes, timeout: float = STEP_TIMEOUT) -> bytes:
         deadline = time.monotonic() + timeout
-        while marker not in self.buffer:
+        scanned = 0  # search only the new bytes (plus an overlap): linear on long data
+        while (found := self.buffer.find(marker, scanned)) < 0:
+            scanned = max(len(self.buffer) - len(marker) + 1, 0)
             left = deadline - time.monotonic()
             if left <= 0:
                 raise AssertionError(f"server: no {marker!r} within {timeout}s: {self.buffer!r}")
@@ -38,7 +40,7 @@ class Peer:
                 raise AssertionError(f"server: client closed while waiting for {marker!r}")
             self.received += data
             self.buffer += data
-        end = self.buffer.index(marker) + len(marker)
+        end = found + len(marker)
         chunk = bytes(self.buffer[:end])
         del self.buffer[:end]
         return chunk

@@ -1,0 +1,580 @@
+"""SMTPPool: persistent, rate-limited SMTP connections behind a thread pool.
+
+A ``ThreadPoolExecutor`` with ``max_connections`` workers runs one job per message.  Idle
+connections wait in a LIFO pre-filled with ``None`` slots (urllib3's design: the queue is
+the capacity limit); a worker takes one, replaces it when stale, sends, and puts it back
+in a ``finally``, so each connection serves one thread at a time and every take has
+exactly one put.  Every submitted message gets a :class:`~concurrent.futures.Future` that
+always completes.  Network I/O never happens while a lock is held.
+"""
+
+from __future__ import annotations
+
+import functools
+import logging
+import os
+import queue
+import threading
+import time
+import weakref
+from collections import deque
+from collections.abc import Iterable, Iterator, Mapping
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass, field
+from email.message import Message
+from email.parser import BytesHeaderParser
+from types import TracebackType
+from typing import Any, BinaryIO, NamedTuple, cast
+
+from .config import Options
+from .connection import SMTPConnection
+from .envelope import Envelope, SendResult, envelope_from_message
+from .errors import ConnectError, PoolClosedError, SMTPError, SMTPTimeoutError
+from .message import CHUNK_BYTES, MessageInput, strip_bcc
+from .ratelimit import RateLimiter
+
+__all__ = ["SMTPPool"]
+
+#: Pause before the first retry of a message; doubles per retry up to MAX_RETRY_BACKOFF.
+RETRY_BACKOFF = 0.2
+MAX_RETRY_BACKOFF = 2.0
+#: Pause after a throttling reply (421, 454, 4xx to MAIL); doubles while they continue.
+THROTTLE_PAUSE = 1.0
+MAX_THROTTLE_PAUSE = 30.0
+#: Consecutive failed connection attempts after which dialling stops for COOL_DOWN.
+CONNECT_FAILURE_LIMIT = 3
+COOL_DOWN = 10.0
+#: Longest wait for a free slot in the idle LIFO (slots are only ever held briefly).
+SLOT_TIMEOUT = 30.0
+#: How often idle connections are checked for ``idle_timeout``, at most.
+REAP_INTERVAL = 1.0
+
+EnvelopeInput = Envelope | Mapping[str, Any]
+_BYTES_LIKE = (bytes, bytearray, memoryview, str, Message)
+
+
+class _Idle(NamedTuple):
+    connection: SMTPConnection
+    since: float
+
+
+class _Payload:
+    """A message offered to one or more attempts: rewound, or refused once consumed."""
+
+    def __init__(self, message: MessageInput) -> None:
+        self.message = message
+        self.rewind_to: int | None = None
+        self.started = False
+        if not isinstance(message, _BYTES_LIKE) and hasattr(message, "seekable"):
+            try:
+                file = cast(BinaryIO, message)
+                if file.seekable():
+                    self.rewind_to = file.tell()
+            except (OSError, ValueError):
+                pass
+
+    @property
+    def replayable(self) -> bool:
+        return (
+            isinstance(self.message, _BYTES_LIKE) or self.rewind_to is not None or not self.started
+        )
+
+    def attempt(self) -> MessageInput:
+        message = self.message
+        if isinstance(message, _BYTES_LIKE):
+            return message
+        if self.rewind_to is not None:
+            cast(BinaryIO, message).seek(self.rewind_to)
+            return message
+        if hasattr(message, "read"):
+            read = functools.partial(cast(BinaryIO, message).read, CHUNK_BYTES)
+            return self._tracked(iter(read, b""))
+        return self._tracked(message)
+
+    def _tracked(self, chunks: Iterable[bytes]) -> Iterator[bytes]:
+        for chunk in chunks:
+            self.started = True
+            yield chunk
+
+
+@dataclass(eq=False)
+class _Job:
+    payload: _Payload
+    envelope: Envelope
+    future: Future[SendResult] = field(default_factory=Future)
+    started: bool = False
+    dropped: bool = False
+
+
+def _prepare(
+    message: MessageInput, envelope: EnvelopeInput | None
+) -> tuple[MessageInput, Envelope]:
+    """Pair a message with its envelope, deriving it from headers when not given."""
+    if envelope is not None:
+        return message, Envelope.coerce(envelope)
+    if isinstance(message, Message):
+        return message, envelope_from_message(message)
+    if isinstance(message, (bytes, bytearray, memoryview, str)):
+        raw = message.encode("utf-8") if isinstance(message, str) else bytes(message)
+        derived = envelope_from_message(BytesHeaderParser().parsebytes(raw))
+        return strip_bcc(raw), derived
+    raise ValueError("file and iterable messages need an explicit envelope")
+
+
+def _is_retryable(error: SMTPError) -> bool:
+    """Only failures that prove the server did not take the message: connection-level
+    ones (421 included) before the end of the data, never a refusal or a lost verdict."""
+    return isinstance(error, (ConnectError, SMTPTimeoutError)) and not error.delivery_unknown
+
+
+def _is_throttling(error: SMTPError) -> bool:
+    code = error.response_code
+    if code in (421, 454):
+        return True
+    return code is not None and 400 <= code < 500 and (error.command or "").startswith("MAIL")
+
+
+_POOLS: weakref.WeakSet[SMTPPool] = weakref.WeakSet()
+_worker = threading.local()  # .active is True in the pool's worker threads
+
+
+class SMTPPool:
+    """A thread-safe SMTP transport: ``send``, ``submit``, ``send_many``, ``verify``.
+
+    Takes the options of DESIGN.md as keywords (see :class:`smtppool.config.Options`),
+    plus ``service=`` for a well-known provider.  Use as a context manager, or call
+    :meth:`close`.
+    """
+
+    def __init__(self, **settings: Any) -> None:
+        self.options = Options.from_settings(**settings)
+        self._log = self.options.logger or logging.getLogger("smtppool")
+        self._setup()
+        _POOLS.add(self)
+        self._finalizer = weakref.finalize(self, _close_idle, self._idle)
+
+    @classmethod
+    def from_url(cls, url: str, **overrides: Any) -> SMTPPool:
+        """Build a pool from ``smtp://``, ``smtps://`` or ``lmtp://user:pw@host:port/?opts``."""
+        return cls(url=url, **overrides)
+
+    def _setup(self) -> None:
+        """(Re)create every piece of runtime state; also used in a forked child."""
+        opts = self.options
+        self._lock = threading.Lock()
+        self._executor = ThreadPoolExecutor(opts.max_connections, thread_name_prefix="smtppool")
+        self._idle: queue.LifoQueue[_Idle | None] = queue.LifoQueue(opts.max_connections)
+        for _ in range(opts.max_connections):
+            self._idle.put(None)
+        self._limiter = RateLimiter(opts.rate_limit, opts.rate_delta)
+        self._jobs: set[_Job] = set()
+        self._closed = False
+        self._queued = self._in_flight = self._busy = 0
+        self._counts = dict.fromkeys(
+            ("sent", "failed", "retried", "connections_opened", "connections_retired"), 0
+        )
+        self._connect_failures = 0
+        self._last_connect_error: SMTPError | None = None
+        self._dial_again_at = 0.0
+        self._throttle_pause = THROTTLE_PAUSE
+        self._stop_reaper = threading.Event()
+        self._reaper: threading.Thread | None = None
+
+    def __repr__(self) -> str:
+        with self._idle.mutex:
+            idle = sum(1 for item in self._idle.queue if item is not None)
+        with self._lock:
+            return (
+                f"<SMTPPool {self.options.host}:{self.options.port} "
+                f"[in flight {self._in_flight}, queued {self._queued} | "
+                f"connections {self._busy} busy, {idle} idle]>"
+            )
+
+    # -- public API --------------------------------------------------------------------
+
+    def submit(
+        self, message: MessageInput, envelope: EnvelopeInput | None = None
+    ) -> Future[SendResult]:
+        """Queue a message and return at once; the future gets a SendResult or SMTPError.
+
+        :raises PoolClosedError: the pool is closed.
+        :raises ValueError: no envelope given and none can be derived from the message.
+        """
+        message, env = _prepare(message, envelope)
+        job = _Job(_Payload(message), env)
+        with self._lock:
+            if self._closed:
+                raise PoolClosedError("the pool is closed")
+            self._jobs.add(job)
+            self._queued += 1
+        self._executor.submit(self._run, job)
+        return job.future
+
+    def send(
+        self,
+        message: MessageInput,
+        envelope: EnvelopeInput | None = None,
+        *,
+        timeout: float | None = None,
+    ) -> SendResult:
+        """Send one message and wait for its result.
+
+        :raises SMTPError: the subclass that says what went wrong.
+        """
+        return self.submit(message, envelope).result(timeout)
+
+    def send_many(
+        self,
+        messages: Iterable[MessageInput | tuple[MessageInput, EnvelopeInput]],
+        *,
+        window: int | None = None,
+    ) -> Iterator[SendResult | SMTPError]:
+        """Send a stream of messages, yielding one outcome per message in input order.
+
+        At most ``window`` messages (default ``4 * max_connections``) are pending at once,
+        so any iterable, a generator of millions included, streams in bounded memory.
+        Items are messages or ``(message, envelope)`` pairs.
+        """
+        limit = window or 4 * self.options.max_connections
+        pending: deque[Future[SendResult]] = deque()
+        for item in messages:
+            message, envelope = item if isinstance(item, tuple) else (item, None)
+            pending.append(self.submit(message, envelope))
+            if len(pending) >= limit:
+                yield _outcome(pending.popleft())
+        while pending:
+            yield _outcome(pending.popleft())
+
+    def is_idle(self) -> bool:
+        """True while fewer than ``max_connections`` messages are queued or in flight."""
+        with self._lock:
+            return self._queued + self._in_flight < self.options.max_connections
+
+    def stats(self) -> dict[str, int]:
+        """Counters for monitoring: sent, failed, retried, connections opened and retired,
+        queued, in flight."""
+        with self._lock:
+            return {**self._counts, "queued": self._queued, "in_flight": self._in_flight}
+
+    def verify(self) -> bool:
+        """Check the settings on a fresh connection outside the pool's slots: connect,
+        EHLO, TLS, AUTH, QUIT.
+
+        :raises SMTPError: the precise failure (ConnectError, TLSError, AuthenticationError...).
+        """
+        connection = SMTPConnection(options=self.options)
+        try:
+            connection.connect()
+            connection.login()
+        finally:
+            connection.quit()
+        return True
+
+    def close(self, wait: bool = True) -> None:
+        """Stop taking messages and release every connection; never hangs.
+
+        ``wait=True`` delivers what is queued, then QUITs.  ``wait=False`` fails queued
+        messages with :class:`PoolClosedError`, lets in-flight ones finish in the
+        background and closes idle connections at once.
+
+        :raises RuntimeError: ``wait=True`` from one of the pool's own threads (such as an
+            ``on_idle`` callback), which would wait for itself.
+        """
+        if wait and getattr(_worker, "active", False):
+            raise RuntimeError("close(wait=True) from a pool thread would wait for itself")
+        with self._lock:
+            self._closed = True
+            dropped = [job for job in self._jobs if not job.started and not job.dropped]
+            if not wait:
+                for job in dropped:
+                    job.dropped = True
+                self._queued -= len(dropped)
+        if wait:
+            self._executor.shutdown(wait=True)
+        else:
+            for job in dropped:
+                _settle(job.future, exception=PoolClosedError("the pool was closed"))
+            self._executor.shutdown(wait=False)
+        self._limiter.close()
+        self._stop_reaper.set()
+        if self._reaper is not None and self._reaper is not threading.current_thread():
+            self._reaper.join(SLOT_TIMEOUT)
+        self._drain_idle(polite=wait)
+
+    def __enter__(self) -> SMTPPool:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.close()
+
+    # -- the worker --------------------------------------------------------------------
+
+    def _run(self, job: _Job) -> None:
+        _worker.active = True
+        with self._lock:
+            if job.dropped:
+                return
+            job.started = True
+            self._queued -= 1
+            self._in_flight += 1
+        try:
+            if job.future.set_running_or_notify_cancel():
+                try:
+                    result = self._deliver(job)
+                except BaseException as exc:  # every future completes, whatever happened
+                    self._count("failed")
+                    _settle(job.future, exception=exc)
+                else:
+                    self._count("sent")
+                    _settle(job.future, result=result)
+        finally:
+            with self._lock:
+                self._in_flight -= 1
+                self._jobs.discard(job)
+                has_capacity = self._queued + self._in_flight < self.options.max_connections
+            if has_capacity and self.options.on_idle is not None:
+                try:
+                    self.options.on_idle()
+                except Exception:
+                    self._log.exception("on_idle callback failed")
+
+    def _deliver(self, job: _Job) -> SendResult:
+        retries_used = 0
+        stale_allowance = 1  # a reused connection found dead costs no retry
+        while True:
+            slot = self._checkout()
+            connection = slot.connection if slot is not None else None
+            reused = connection is not None
+            try:
+                if connection is None:
+                    connection = self._open()
+                self._limiter.acquire()
+                result = connection.send(job.envelope, job.payload.attempt())
+            except SMTPError as exc:
+                if _is_throttling(exc):
+                    self._throttle(exc)
+                if not (_is_retryable(exc) and job.payload.replayable and not self._cooling()):
+                    raise
+                if reused and stale_allowance:
+                    stale_allowance -= 1
+                elif retries_used < self.options.retries:
+                    retries_used += 1
+                    time.sleep(min(RETRY_BACKOFF * 2 ** (retries_used - 1), MAX_RETRY_BACKOFF))
+                else:
+                    raise
+                self._count("retried")
+                self._log.info("retrying a message after %s: %s", exc.code, exc.message)
+                continue
+            finally:
+                self._checkin(connection)
+            with self._lock:
+                self._throttle_pause = THROTTLE_PAUSE
+            return result
+
+    # -- connections -------------------------------------------------------------------
+
+    def _checkout(self) -> _Idle | None:
+        try:
+            slot = self._idle.get(timeout=SLOT_TIMEOUT)
+        except queue.Empty:
+            raise ConnectError("no free connection slot in the pool") from None
+        with self._lock:
+            self._busy += 1
+        if slot is not None and not slot.connection.is_reusable():
+            self._retire(slot.connection)
+            return None
+        return slot
+
+    def _checkin(self, connection: SMTPConnection | None) -> None:
+        """Give the slot back (exactly once per checkout); retire what cannot be reused."""
+        retire = None
+        if connection is not None and (self._closed or not connection.is_reusable()):
+            retire, connection = connection, None
+        self._idle.put(_Idle(connection, time.monotonic()) if connection is not None else None)
+        with self._lock:
+            self._busy -= 1
+        if retire is not None:
+            self._retire(retire)
+        elif connection is not None:
+            self._start_reaper()
+
+    def _open(self) -> SMTPConnection:
+        with self._lock:
+            if self._cooling_locked():
+                last = self._last_connect_error
+                assert last is not None
+                raise type(last)(
+                    f"not dialling {self.options.host}:{self.options.port} for "
+                    f"{self._dial_again_at - time.monotonic():.1f} s after "
+                    f"{self._connect_failures} failed attempts; last: {last.message}",
+                    code=last.code,
+                    response=last.response,
+                    response_code=last.response_code,
+                    command=last.command,
+                )
+        connection = SMTPConnection(options=self.options)
+        try:
+            connection.connect()
+            connection.login()
+        except (ConnectError, SMTPTimeoutError) as exc:
+            with self._lock:
+                self._connect_failures += 1
+                self._last_connect_error = exc
+                if self._connect_failures >= CONNECT_FAILURE_LIMIT:
+                    self._dial_again_at = time.monotonic() + COOL_DOWN
+                    self._log.warning(
+                        "%s:%s: %d connection attempts failed; pausing new connections for %.0f s",
+                        self.options.host,
+                        self.options.port,
+                        self._connect_failures,
+                        COOL_DOWN,
+                    )
+            raise
+        except BaseException:
+            connection.close()
+            raise
+        with self._lock:
+            self._connect_failures = 0
+            self._counts["connections_opened"] += 1
+        return connection
+
+    def _retire(self, connection: SMTPConnection) -> None:
+        connection.quit()
+        self._count("connections_retired")
+
+    def _cooling(self) -> bool:
+        with self._lock:
+            return self._cooling_locked()
+
+    def _cooling_locked(self) -> bool:
+        return (
+            self._connect_failures >= CONNECT_FAILURE_LIMIT
+            and time.monotonic() < self._dial_again_at
+        )
+
+    def _throttle(self, error: SMTPError) -> None:
+        with self._lock:
+            pause = self._throttle_pause
+            self._throttle_pause = min(pause * 2, MAX_THROTTLE_PAUSE)
+        self._log.warning(
+            "server throttles (%s); pausing new messages for %.1f s", error.response, pause
+        )
+        self._limiter.pause(pause)
+
+    def _count(self, name: str) -> None:
+        with self._lock:
+            self._counts[name] += 1
+
+    # -- idle connections --------------------------------------------------------------
+
+    def _start_reaper(self) -> None:
+        with self._lock:
+            if self._reaper is not None or self._closed:
+                return
+            interval = min(REAP_INTERVAL, self.options.idle_timeout / 4)
+            self._reaper = threading.Thread(
+                target=_reap_idle,
+                args=(weakref.ref(self), self._stop_reaper, interval),
+                name="smtppool-reaper",
+                daemon=True,
+            )
+            self._reaper.start()
+
+    def _take_idle(self, expired: Any) -> list[SMTPConnection]:
+        """Take the idle connections ``expired(slot)`` selects; put the rest back, in order."""
+        slots: list[_Idle | None] = []
+        while True:
+            try:
+                slots.append(self._idle.get_nowait())
+            except queue.Empty:
+                break
+        taken = []
+        for slot in reversed(slots):  # back in the same LIFO order
+            if slot is not None and expired(slot):
+                taken.append(slot.connection)
+                slot = None
+            self._idle.put(slot)
+        return taken
+
+    def _reap(self) -> None:
+        limit = self.options.idle_timeout
+        now = time.monotonic()
+        for connection in self._take_idle(lambda slot: now - slot.since >= limit):
+            self._log.debug("closing a connection idle for %.0f s", limit)
+            self._retire(connection)
+
+    def _drain_idle(self, *, polite: bool) -> None:
+        for connection in self._take_idle(lambda slot: True):
+            if polite:
+                self._retire(connection)
+            else:
+                connection.close()
+                self._count("connections_retired")
+
+    def _after_fork(self) -> None:
+        """In a forked child: drop the parent's sockets unread and start afresh."""
+        for slot in list(self._idle.queue):
+            if slot is not None:
+                slot.connection.close()  # closes the child's descriptor only; sends nothing
+        self._setup()
+        self._finalizer.detach()
+        self._finalizer = weakref.finalize(self, _close_idle, self._idle)
+
+
+def _outcome(future: Future[SendResult]) -> SendResult | SMTPError:
+    try:
+        return future.result()
+    except SMTPError as exc:
+        return exc
+
+
+def _settle(
+    future: Future[SendResult],
+    *,
+    result: SendResult | None = None,
+    exception: BaseException | None = None,
+) -> None:
+    if future.done():
+        return
+    if exception is not None:
+        future.set_exception(exception)
+    else:
+        assert result is not None
+        future.set_result(result)
+
+
+def _reap_idle(pool_ref: weakref.ref[SMTPPool], stop: threading.Event, interval: float) -> None:
+    """Reaper thread: holds the pool only weakly, so an unclosed pool can still be freed."""
+    while not stop.wait(interval):
+        pool = pool_ref()
+        if pool is None:
+            return
+        try:
+            pool._reap()
+        except Exception:
+            pool._log.exception("closing idle connections failed")
+        del pool
+
+
+def _close_idle(idle: queue.LifoQueue[_Idle | None]) -> None:
+    """Garbage-collection safety net: close idle sockets (no I/O, nothing can hang)."""
+    while True:
+        try:
+            slot = idle.get_nowait()
+        except queue.Empty:
+            return
+        if slot is not None:
+            slot.connection.close()
+
+
+def _reinitialise_after_fork() -> None:
+    for pool in list(_POOLS):
+        pool._after_fork()
+
+
+os.register_at_fork(after_in_child=_reinitialise_after_fork)
