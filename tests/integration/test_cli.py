@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import subprocess
+import sys
+
 import pytest
 
 from smtppool.cli import main
@@ -21,3 +24,16 @@ def test_usage_errors_exit_2(capsys: pytest.CaptureFixture[str]) -> None:
     assert main(["demo", "--count", "many"]) == 2
     assert main(["demo", "--max-connections", "0"]) == 2
     assert "usage:" in capsys.readouterr().err
+
+
+def test_python_dash_m_demo_runs_as_a_newcomer_would() -> None:
+    run = subprocess.run(
+        [sys.executable, "-m", "smtppool", "demo", "--count", "200"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    assert run.returncode == 0, run.stderr
+    assert "sent 200, failed 0, received by sink 200" in run.stdout
+    assert run.stderr == ""  # no progress bar when stderr is not a terminal

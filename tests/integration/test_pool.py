@@ -87,11 +87,11 @@ def test_many_threads_send_and_submit_exactly_once(
             futures = []
             for i in range(start, start + 10):
                 if i % 2:
-                    assert isinstance(pool.send(message(i)), SendResult)
+                    assert pool.send(message(i)).accepted == [f"user{i}@x.org"]
                 else:
-                    futures.append(pool.submit(message(i)))
-            for future in futures:
-                assert future.result(timeout=60).accepted == [f"user{start + 0}@x.org"] or True
+                    futures.append((i, pool.submit(message(i))))
+            for i, future in futures:
+                assert future.result(timeout=60).accepted == [f"user{i}@x.org"]
         except BaseException as exc:
             errors.append(exc)
 
@@ -122,10 +122,11 @@ def test_rate_limit_holds_in_every_window(
         future.result(timeout=30)
     times = sorted(m.received_at for m in sink.messages)
     assert len(times) == 16
-    # Any 6 consecutive MAIL FROMs span at least one second (less 20 ms for the time the
-    # command takes to reach the server after the limiter lets it go).
+    # Any 6 consecutive MAIL FROMs span at least one second, less an allowance for the
+    # command's trip from the limiter to this in-process server, which shares the GIL
+    # (5 ms switch interval) with the pool's threads.
     spans = [times[i + 5] - times[i] for i in range(len(times) - 5)]
-    assert min(spans) >= 0.98, spans
+    assert min(spans) >= 0.95, spans
     assert times[-1] - times[0] < 4.5  # and the limiter does not dawdle
 
 
