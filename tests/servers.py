@@ -18,6 +18,16 @@ from dataclasses import dataclass, field
 STEP_TIMEOUT = 10.0
 
 
+def wait_until(condition: Callable[[], object], timeout: float = 5.0) -> bool:
+    """Poll ``condition`` until it is true or ``timeout`` passes; return its last value."""
+    deadline = time.monotonic() + timeout
+    while not condition():
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(0.01)
+    return True
+
+
 @dataclass
 class Peer:
     """The server's side of one connection, with a read buffer."""

@@ -27,7 +27,7 @@ from smtppool import (
 )
 from smtppool.sink import Sink
 
-from ..servers import ScriptedServer, close, expect_data, send, up_to_data
+from ..servers import ScriptedServer, close, expect_data, send, up_to_data, wait_until
 
 SinkFactory = Callable[..., Sink]
 RAW = b"From: a@x.org\r\nTo: b@x.org\r\nSubject: hi\r\n\r\nbody\r\n"
@@ -49,11 +49,14 @@ def make_pool() -> Iterator[Callable[..., SMTPPool]]:
     yield make
     for pool in pools:
         pool.close(wait=False)
-    deadline = time.monotonic() + 10  # in-flight work finishes in the background
-    while any(t.name.startswith(("smtppool_", "smtppool-reaper")) for t in threading.enumerate()):
-        if time.monotonic() > deadline:
-            break
-        time.sleep(0.01)
+    wait_until(  # in-flight work finishes in the background
+        lambda: (
+            not any(
+                t.name.startswith(("smtppool_", "smtppool-reaper")) for t in threading.enumerate()
+            )
+        ),
+        10,
+    )
 
 
 def message(index: int) -> EmailMessage:
@@ -180,9 +183,7 @@ def test_on_idle_feeds_the_pool_from_a_caller_queue(
     pool = make_pool(sink, max_connections=3, on_idle=feed)
     feed()
     assert done.wait(30)
-    deadline = time.monotonic() + 10
-    while len(sink.messages) < 100 and time.monotonic() < deadline:
-        time.sleep(0.01)
+    wait_until(lambda: len(sink.messages) >= 100, 10)
     assert len(sink.messages) == 100 and not backlog
 
 
@@ -197,9 +198,8 @@ def test_on_idle_errors_are_logged_and_harmless(
     pool = make_pool(sink, max_connections=1, on_idle=broken)
     for _ in range(3):
         pool.send(RAW)
-    deadline = time.monotonic() + 5  # on_idle runs just after the future completes
-    while caplog.text.count("on_idle callback failed") < 3 and time.monotonic() < deadline:
-        time.sleep(0.01)
+    # on_idle runs just after the future completes
+    wait_until(lambda: caplog.text.count("on_idle callback failed") >= 3)
     assert caplog.text.count("on_idle callback failed") == 3
     assert len(sink.messages) == 3
 
@@ -217,17 +217,22 @@ def test_server_dropping_idle_connections_is_invisible(
     assert pool.stats()["retried"] == 0 and pool.stats()["connections_retired"] == 1
 
 
+class FirstMailRefused(Sink):
+    """Answers the first MAIL FROM it ever sees with ``refusal``, then behaves."""
+
+    def __init__(self, refusal: str) -> None:
+        super().__init__()
+        self.refusal: str | None = refusal
+
+    async def handle_MAIL(self, server, session, envelope, address, options):  # type: ignore[no-untyped-def, override]
+        refusal, self.refusal = self.refusal, None
+        if refusal is not None:
+            return refusal
+        return await super().handle_MAIL(server, session, envelope, address, options)
+
+
 def test_421_to_the_first_mail_is_retried_once(make_pool: Callable[..., SMTPPool]) -> None:
-    class BusySink(Sink):
-        refused = False
-
-        async def handle_MAIL(self, server, session, envelope, address, options):  # type: ignore[no-untyped-def, override]
-            if not self.refused:
-                self.refused = True
-                return "421 4.7.0 too busy, come back later"
-            return await super().handle_MAIL(server, session, envelope, address, options)
-
-    sink = BusySink().start()
+    sink = FirstMailRefused("421 4.7.0 too busy, come back later").start()
     try:
         pool = make_pool(sink, max_connections=1)
         result = pool.send(message(1))
@@ -288,9 +293,7 @@ def test_verify(
     sink = smtpd(tls="starttls", credentials={"u": "p"})
     assert make_pool(sink, host="localhost", tls=client_tls, auth=("u", "p")).verify() is True
     assert sink.auth_attempts[-1] == ("CRAM-MD5", "u", True)
-    deadline = time.monotonic() + 5  # the sink notices the QUIT asynchronously
-    while sink.active_connections and time.monotonic() < deadline:
-        time.sleep(0.01)
+    wait_until(lambda: sink.active_connections == 0)  # the sink sees the QUIT asynchronously
     assert sink.active_connections == 0  # verify() used, and released, its own connection
     with pytest.raises(AuthenticationError) as info:
         make_pool(sink, host="localhost", tls=client_tls, auth=("u", "bad")).verify()
@@ -325,16 +328,7 @@ def test_dead_server_fails_fast_after_repeated_connect_failures(
 
 
 def test_throttling_reply_pauses_new_messages(make_pool: Callable[..., SMTPPool]) -> None:
-    class SlowDownSink(Sink):
-        refused = False
-
-        async def handle_MAIL(self, server, session, envelope, address, options):  # type: ignore[no-untyped-def, override]
-            if not self.refused:
-                self.refused = True
-                return "451 4.7.1 slow down please"
-            return await super().handle_MAIL(server, session, envelope, address, options)
-
-    sink = SlowDownSink().start()
+    sink = FirstMailRefused("451 4.7.1 slow down please").start()
     try:
         pool = make_pool(sink, max_connections=1)
         with pytest.raises(EnvelopeError) as info:
@@ -373,9 +367,7 @@ def test_idle_connections_are_closed_after_idle_timeout(
     pool = make_pool(sink, max_connections=2, idle_timeout=0.3)
     pool.send(RAW)
     assert sink.active_connections == 1
-    deadline = time.monotonic() + 5
-    while sink.active_connections and time.monotonic() < deadline:
-        time.sleep(0.05)
+    wait_until(lambda: sink.active_connections == 0 and pool.stats()["connections_retired"])
     assert sink.active_connections == 0
     assert pool.stats()["connections_retired"] == 1
     pool.send(RAW)  # and the pool still works
@@ -396,9 +388,7 @@ def test_close_with_200_queued_never_hangs(make_pool: Callable[..., SMTPPool], w
         start = time.monotonic()
         pool.close(wait=wait)
         assert time.monotonic() - start < 30
-        deadline = time.monotonic() + 30
-        while not all(f.done() for f in futures) and time.monotonic() < deadline:
-            time.sleep(0.01)
+        wait_until(lambda: all(f.done() for f in futures), 30)
         assert all(f.done() for f in futures)
         closed = [f for f in futures if isinstance(f.exception(), PoolClosedError)]
         sent = [f for f in futures if f.exception() is None]
@@ -427,9 +417,7 @@ def test_close_from_on_idle_with_wait_is_refused(
 
     pool = make_pool(sink, max_connections=1, on_idle=close_now)
     pool.send(RAW)
-    deadline = time.monotonic() + 5
-    while not seen and time.monotonic() < deadline:
-        time.sleep(0.01)
+    wait_until(lambda: seen)
     assert seen and "wait for itself" in str(seen[0])
 
 
@@ -438,9 +426,7 @@ def test_context_manager_quits_connections(smtpd: SinkFactory) -> None:
     with SMTPPool(host=sink.host, port=sink.port, max_connections=2) as pool:
         pool.send(RAW)
     assert pool.stats()["connections_retired"] == 1
-    deadline = time.monotonic() + 5
-    while sink.active_connections and time.monotonic() < deadline:
-        time.sleep(0.01)
+    wait_until(lambda: sink.active_connections == 0)
     assert sink.active_connections == 0
 
 
