@@ -140,10 +140,17 @@ class Sink:
         async def shutdown() -> None:
             assert self._server is not None
             self._server.close()
+            await self._drop()
+            deadline = loop.time() + timeout / 2
+            while self._active and loop.time() < deadline:
+                await asyncio.sleep(0.01)
+            tasks = [t for t in asyncio.all_tasks() if t is not asyncio.current_task()]
+            for task in tasks:
+                task.cancel()
+            await asyncio.gather(*tasks, return_exceptions=True)
 
         try:
             asyncio.run_coroutine_threadsafe(shutdown(), loop).result(timeout)
-            self.drop_connections(timeout)
         finally:
             loop.call_soon_threadsafe(loop.stop)
             thread.join(timeout)
@@ -174,20 +181,19 @@ class Sink:
             self._active.discard(protocol)
 
     def drop_connections(self, timeout: float = 5.0) -> int:
-        """Close every open session without a word, as a server restart or idle timeout
+        """Cut every open session without a word, as a server restart or an idle timeout
         would; return how many were dropped."""
-        loop = self._loop
-        if loop is None:
+        if self._loop is None:
             return 0
+        return asyncio.run_coroutine_threadsafe(self._drop(), self._loop).result(timeout)
 
-        async def drop() -> int:
-            sessions = list(self._active)
-            for protocol in sessions:
-                if protocol.transport is not None:
-                    protocol.transport.close()
-            return len(sessions)
-
-        return asyncio.run_coroutine_threadsafe(drop(), loop).result(timeout)
+    async def _drop(self) -> int:
+        sessions = list(self._active)
+        for protocol in sessions:
+            if protocol.transport is not None:
+                protocol.transport.abort()
+        await asyncio.sleep(0)  # let connection_lost run
+        return len(sessions)
 
     @property
     def active_connections(self) -> int:
