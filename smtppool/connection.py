@@ -364,7 +364,7 @@ class SMTPConnection:
         opts = self.options
         if "STARTTLS" not in self.extensions:
             if opts.require_tls:
-                raise TLSError("server does not offer STARTTLS and require_tls is set")
+                raise TLSError("STARTTLS extension not supported by server. (require_tls is set)")
             return
         reply = self._command(self._protocol.starttls())
         if reply.code != 220:
@@ -394,9 +394,10 @@ class SMTPConnection:
                     f"refusing to send credentials to {self.options.host} over an unencrypted "
                     "connection; use TLS (secure=True or STARTTLS) or allow_plaintext_auth=True"
                 )
-            if "AUTH" not in self.extensions:
+            if "AUTH" not in self.extensions:  # smtplib's wording, familiar to its users
                 raise AuthenticationError(
-                    "server does not offer AUTH" + ("" if self.secure else " (before TLS)")
+                    "SMTP AUTH extension not supported by server."
+                    + ("" if self.secure else " (Some servers offer it only after STARTTLS.)")
                 )
             method = choose_mechanism(
                 self.extensions.auth_mechanisms,

@@ -25,15 +25,18 @@ from django.core.mail.backends import smtp as django_smtp
 from django.core.mail.message import EmailMessage
 
 from ..config import Options
-from ..envelope import Envelope
+from ..envelope import Envelope, SendResult
 from ..errors import SMTPError
 from ..pool import SMTPPool
 
 __all__ = ["EmailBackend", "POOL_OPTIONS"]
 
-#: smtppool options a backend accepts besides Django's own (in ``SMTPPOOL`` or ``OPTIONS``).
+#: Options a backend accepts besides Django's own (in ``SMTPPOOL`` or ``OPTIONS``): the
+#: pool's, plus ``parallel`` (send one call's messages concurrently; they may then arrive
+#: in any order, where Django's backend delivers them in order).
 POOL_OPTIONS = frozenset(
     {
+        "parallel",
         "url",
         "service",
         "max_connections",
@@ -60,12 +63,23 @@ _pools_lock = threading.Lock()
 
 
 def shared_pool(options: Options) -> SMTPPool:
-    """The process-wide pool for ``options``, created on first use."""
+    """The process-wide pool for ``options``; a new one is verified before it is shared,
+    so bad settings fail at ``open()``, as with Django's backend."""
     with _pools_lock:
         pool = _pools.get(options)
-        if pool is None:
-            pool = _pools[options] = SMTPPool(**_as_settings(options))
+    if pool is not None:
         return pool
+    candidate = SMTPPool(**_as_settings(options))
+    try:
+        candidate.verify()
+    except BaseException:
+        candidate.close()
+        raise
+    with _pools_lock:
+        pool = _pools.setdefault(options, candidate)
+    if pool is not candidate:  # another thread won the race
+        candidate.close()
+    return pool
 
 
 def close_pools(wait: bool = True) -> None:
@@ -135,18 +149,22 @@ class EmailBackend(django_smtp.EmailBackend):  # type: ignore[misc]
         if self.host:
             django_settings["host"] = self.host
         merged = {**django_settings, **self.pool_options}
+        merged.pop("parallel", None)
         if merged.get("require_tls") and merged.get("opportunistic_tls"):
             merged["opportunistic_tls"] = False
         return Options.from_settings(**merged)
 
     def open(self) -> bool | None:
-        """Attach to the shared pool: True the first time, False when already attached.
-
-        Opening sends nothing; connections are made (and kept) by the pool as needed.
-        """
+        """Attach to the shared pool: True when newly attached, False when already attached,
+        None when it failed and ``fail_silently`` is set (Django's contract)."""
         if self.connection is not None:
             return False
-        self.connection = shared_pool(self.options)
+        try:
+            self.connection = shared_pool(self.options)
+        except SMTPError:
+            if not self.fail_silently:
+                raise
+            return None
         return True
 
     def close(self) -> None:
@@ -157,30 +175,44 @@ class EmailBackend(django_smtp.EmailBackend):  # type: ignore[misc]
         """Submit every message to the pool, wait, and return how many were sent."""
         if not email_messages:
             return 0
-        pool = self.connection or shared_pool(self.options)
-        futures = []
-        for message in email_messages:
-            if not message.recipients():
-                continue
-            envelope, data = self._prepare(message)
-            try:
-                futures.append(pool.submit(data, envelope))
-            except SMTPError:
-                if not self.fail_silently:
-                    raise
-        sent = 0
-        for future in futures:
-            try:
-                future.result()
-            except SMTPError:
-                if not self.fail_silently:
-                    raise
-            else:
-                sent += 1
-        return sent
+        attached = self.open()
+        if self.connection is None or attached is None:
+            return 0
+        try:
+            prepared = [
+                (data, envelope)
+                for envelope, data in map(self._prepare, email_messages)
+                if envelope is not None
+            ]
+            if self.pool_options.get("parallel"):
+                outcomes = list(self.connection.send_many(prepared, window=len(prepared) or 1))
+            else:  # in order, as Django's backend: each message once the previous is done
+                outcomes = [self._send_one(data, envelope) for data, envelope in prepared]
+            sent = 0
+            for outcome in outcomes:
+                if isinstance(outcome, SMTPError):
+                    if not self.fail_silently:
+                        raise outcome
+                else:
+                    sent += 1
+            return sent
+        finally:
+            if attached:
+                self.close()
 
-    def _prepare(self, message: EmailMessage) -> tuple[Envelope, bytes]:
+    def _send_one(self, data: bytes, envelope: Envelope) -> SendResult | SMTPError:
+        assert self.connection is not None
+        try:
+            return self.connection.send(data, envelope)
+        except SMTPError as exc:
+            if not self.fail_silently:
+                raise
+            return exc
+
+    def _prepare(self, message: EmailMessage) -> tuple[Envelope | None, bytes]:
         """Envelope and bytes exactly as the installed Django's SMTP backend makes them."""
+        if not message.recipients():
+            return None, b""
         if hasattr(self, "prep_address"):  # Django 6.1+
             sender = self.prep_address(message.from_email)
             recipients = [self.prep_address(a) for a in message.recipients()]

@@ -105,12 +105,20 @@ def test_send_mail_and_email_message(smtpd: SinkFactory) -> None:
 def test_send_mass_mail_shares_a_few_connections(smtpd: SinkFactory) -> None:
     sink = smtpd()
     datatuple = [(f"Subject {i}", f"Body {i}", "app@x.org", [f"u{i}@x.org"]) for i in range(200)]
-    with mail_settings(port=sink.port, max_connections=3):
+    with mail_settings(port=sink.port, max_connections=3, parallel=True):
         assert mail.send_mass_mail(datatuple) == 200
     assert len(sink.messages) == 200
     assert sorted(m.rcpt_tos[0] for m in sink.messages) == sorted(f"u{i}@x.org" for i in range(200))
     assert sink.max_concurrent <= 3
     assert len(collections.Counter(m.connection for m in sink.messages)) <= 3
+
+
+def test_one_call_delivers_in_order_by_default(smtpd: SinkFactory) -> None:
+    sink = smtpd()
+    messages = [mail.EmailMessage(f"S{i}", "B", "app@x.org", [f"u{i}@x.org"]) for i in range(30)]
+    with mail_settings(port=sink.port, max_connections=4):
+        assert backend().send_messages(messages) == 30
+    assert [m.rcpt_tos[0] for m in sink.messages] == [f"u{i}@x.org" for i in range(30)]
 
 
 def test_backends_with_the_same_settings_share_one_pool(smtpd: SinkFactory) -> None:
@@ -122,7 +130,8 @@ def test_backends_with_the_same_settings_share_one_pool(smtpd: SinkFactory) -> N
         assert first is not second
         with first, second:
             assert first.connection is second.connection
-    assert sink.connections_opened == 1 and len(sink.messages) == 5
+    assert len(sink.messages) == 5 and {m.connection for m in sink.messages} == {2}
+    assert sink.connections_opened == 2  # the settings check when the pool was created, and one
 
 
 def test_mail_admins(smtpd: SinkFactory) -> None:
