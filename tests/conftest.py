@@ -15,6 +15,8 @@ from smtppool.sink import Sink
 
 from .servers import ScriptedServer, Step
 
+pytest_plugins = ["pytester"]
+
 
 @pytest.fixture(scope="session")
 def ca() -> trustme.CA:
