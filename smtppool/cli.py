@@ -1,21 +1,268 @@
-"""Command line: ``smtppool demo`` sends a generated batch through the pool into a local sink.
+"""Command line: ``smtppool send | verify | sink | demo``.
 
-``main(argv)`` returns the exit status (0 success, 1 delivery or connection failure,
-2 usage), so it is testable in-process without a subprocess.
+``main(argv)`` returns the exit status (0 success; 1 a delivery, connection or
+configuration failure; 2 usage; 130 interrupted), so it is testable in-process.  The
+server comes from ``--url``, else ``SMTPPOOL_URL``, with individual flags overriding it.
+Progress bars use ``rich`` when it is installed (the ``cli`` extra) and stderr is a
+terminal; otherwise the output is plain text.
 """
 
 from __future__ import annotations
 
 import argparse
+import json
+import mailbox
+import os
+import ssl
 import sys
+import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 from email.message import EmailMessage
+from pathlib import Path
+from typing import Any
 
+from .batch import BatchReport, iter_items, run_batch
+from .config import Options
+from .connection import SMTPConnection
+from .envelope import Envelope
 from .errors import SMTPError
 from .pool import SMTPPool
 
 __all__ = ["main"]
+
+EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_INTERRUPTED = 0, 1, 2, 130
+
+
+# -- output ------------------------------------------------------------------------------
+
+
+@contextmanager
+def _progress(total: int, label: str) -> Iterator[Callable[[], None]]:
+    """Yield a callable that advances a progress bar (rate and ETA) by one message."""
+    if not sys.stderr.isatty():
+        yield lambda: None
+        return
+    try:
+        from rich.progress import (
+            BarColumn,
+            MofNCompleteColumn,
+            Progress,
+            TextColumn,
+            TimeRemainingColumn,
+        )
+    except ImportError:
+        yield from _plain_progress(total, label)
+        return
+    columns = (
+        TextColumn("{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeRemainingColumn(),
+    )
+    start = time.monotonic()
+    with Progress(*columns) as progress:
+        task = progress.add_task(label, total=total)
+
+        def advance() -> None:
+            done = progress.tasks[0].completed + 1
+            rate = done / max(time.monotonic() - start, 1e-9)
+            progress.update(task, advance=1, description=f"{label} {rate:.0f} msg/s")
+
+        yield advance
+
+
+def _plain_progress(total: int, label: str) -> Iterator[Callable[[], None]]:
+    start, done = time.monotonic(), 0
+
+    def advance() -> None:
+        nonlocal done
+        done += 1
+        if done % 20 and done != total:
+            return
+        elapsed = max(time.monotonic() - start, 1e-9)
+        rate = done / elapsed
+        eta = (total - done) / rate if rate else 0
+        width = 30
+        bar = "#" * (width * done // max(total, 1))
+        print(
+            f"\r{label} [{bar:<{width}}] {done}/{total} {rate:.0f} msg/s ETA {eta:.0f} s",
+            end="\n" if done == total else "",
+            file=sys.stderr,
+            flush=True,
+        )
+
+    yield advance
+
+
+def _print_summary(report: BatchReport, stats: dict[str, int]) -> None:
+    rate = report.count("sent") / report.elapsed if report.elapsed > 0 else 0.0
+    rows = [
+        ("sent", report.count("sent")),
+        ("failed", report.count("failed")),
+        ("not sent", report.count("not sent")),
+        ("unknown", report.count("unknown")),
+        ("elapsed", f"{report.elapsed:.2f} s"),
+        ("rate", f"{rate:.0f} msg/s"),
+        ("connections", stats["connections_opened"]),
+        ("retried", stats["retried"]),
+    ]
+    for name, value in rows:
+        print(f"{name:<12}{value:>12}")
+    for outcome in report.outcomes:
+        if outcome.status != "sent":
+            error = outcome.error or {}
+            print(
+                f"{outcome.status}: {outcome.id}: {error.get('code')}: {error.get('message')}",
+                file=sys.stderr,
+            )
+
+
+# -- server options ------------------------------------------------------------------------
+
+
+def _add_server_arguments(parser: argparse.ArgumentParser) -> None:
+    group = parser.add_argument_group("server (default: $SMTPPOOL_URL)")
+    group.add_argument("--url", help="smtp://user:password@host:port/?options")
+    group.add_argument("--service", help="well-known provider, e.g. gmail")
+    group.add_argument("--host")
+    group.add_argument("--port", type=int)
+    group.add_argument("--secure", action="store_true", default=None, help="implicit TLS")
+    group.add_argument("--require-tls", action="store_true", default=None)
+    group.add_argument("--ignore-tls", action="store_true", default=None)
+    group.add_argument("--user", help="login name ($SMTPPOOL_PASSWORD holds the password)")
+    group.add_argument("--password")
+    group.add_argument("--cafile", help="trust these CA certificates instead of the system's")
+    group.add_argument("--timeout", type=float, help="seconds for each network step")
+
+
+def _options(args: argparse.Namespace, **extra: Any) -> Options:
+    settings: dict[str, Any] = {}
+    url = args.url or os.environ.get("SMTPPOOL_URL")
+    for name in ("service", "host", "port", "secure", "require_tls", "ignore_tls"):
+        if getattr(args, name) is not None:
+            settings[name] = getattr(args, name)
+    if args.user:
+        settings["auth"] = (args.user, args.password or os.environ.get("SMTPPOOL_PASSWORD", ""))
+    if args.cafile:
+        settings["tls"] = {"cafile": args.cafile}
+    if args.timeout:
+        settings.update(
+            connection_timeout=args.timeout,
+            greeting_timeout=args.timeout,
+            socket_timeout=args.timeout,
+        )
+    settings.update({k: v for k, v in extra.items() if v is not None})
+    return Options.from_settings(url=url, **settings)
+
+
+# -- commands ------------------------------------------------------------------------------
+
+
+def _send(args: argparse.Namespace) -> int:
+    options = _options(
+        args,
+        max_connections=args.max_connections,
+        max_messages=args.max_messages,
+        rate_limit=args.rate_limit,
+        rate_delta=args.rate_delta,
+    )
+    envelope = None
+    if args.to:
+        if not args.sender:
+            raise ValueError("--to needs --from as well")
+        envelope = Envelope(args.sender, args.to)
+    total = sum(1 for _ in iter_items(args.paths))  # a cheap first pass, for the ETA
+    with SMTPPool(options=options) as pool:  # closing twice is harmless after an interrupt
+        with _progress(total, "sending") as advance:
+            report = run_batch(
+                pool,
+                iter_items(args.paths),
+                envelope=envelope,
+                on_outcome=lambda outcome: advance(),
+            )
+    _print_summary(report, pool.stats())
+    if args.report:
+        Path(args.report).write_text(json.dumps(report.as_json(), indent=1), "utf-8")
+    if report.interrupted:
+        return EXIT_INTERRUPTED
+    return EXIT_OK if report.count("sent") == total else EXIT_FAILED
+
+
+def _verify(args: argparse.Namespace) -> int:
+    connection = SMTPConnection(options=_options(args))
+    try:
+        connection.connect()
+        connection.login()
+        tls = "none"
+        if connection.secure:
+            tls = f"{connection.tls_version} ({connection.tls_mode}), {connection.tls_cipher}"
+        opts = connection.options
+        print(f"{'server':<12}{opts.host}:{opts.port}")
+        print(f"{'tls':<12}{tls}")
+        print(f"{'extensions':<12}{' '.join(_describe(connection.extensions)) or '-'}")
+        auth = " ".join(sorted(connection.extensions.auth_mechanisms)) or "-"
+        print(f"{'auth':<12}{auth}")
+        print(f"{'login':<12}{'ok as ' + opts.auth.user if opts.auth else 'not configured'}")
+    finally:
+        connection.quit()
+    print(f"{'result':<12}OK")
+    return EXIT_OK
+
+
+def _describe(extensions: Any) -> Iterator[str]:
+    for keyword in extensions:
+        params = extensions[keyword]
+        yield f"{keyword}={params}" if params and keyword != "AUTH" else keyword
+
+
+def _sink(args: argparse.Namespace) -> int:
+    from .sink import ReceivedMessage, Sink
+
+    received = threading.Event()
+    count = 0
+    maildir = mailbox.Maildir(args.maildir, create=True) if args.maildir else None
+
+    def deliver(message: ReceivedMessage) -> None:
+        nonlocal count
+        if maildir is not None:
+            maildir.add(f"Return-Path: <{message.mail_from}>\r\n".encode() + message.data)
+        if args.print or maildir is None:
+            print(
+                f"--- from <{message.mail_from}> to {', '.join(message.rcpt_tos)} "
+                f"({len(message.data)} bytes)",
+                flush=True,
+            )
+            if args.print:
+                print(message.data.decode("utf-8", "replace"), flush=True)
+        count += 1
+        if args.count and count >= args.count:
+            received.set()
+
+    tls_context = None
+    if args.tls_cert:
+        tls_context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+        tls_context.load_cert_chain(args.tls_cert, args.tls_key)
+    credentials = dict(pair.split(":", 1) for pair in args.auth)
+    sink = Sink(
+        args.host,
+        args.port,
+        tls_context=tls_context,
+        credentials=credentials,
+        extensions=args.extension,
+        on_message=deliver,
+        auth_require_tls=tls_context is not None,
+    )
+    with sink:
+        print(f"listening on {sink.host}:{sink.port}", flush=True)
+        try:
+            while not received.wait(0.2):
+                pass
+        except KeyboardInterrupt:
+            pass
+    print(f"received {count} message(s)", flush=True)
+    return EXIT_OK
 
 
 def _demo_message(index: int) -> EmailMessage:
@@ -30,37 +277,23 @@ def _demo_message(index: int) -> EmailMessage:
     return message
 
 
-def _progress(done: int, total: int, started: float) -> None:
-    """A one-line progress bar on stderr, redrawn in place (only on a terminal)."""
-    width = 30
-    filled = width * done // total
-    rate = done / max(time.monotonic() - started, 1e-9)
-    print(
-        f"\r[{'#' * filled}{'.' * (width - filled)}] {done}/{total} {rate:.0f} msg/s",
-        end="" if done < total else "\n",
-        file=sys.stderr,
-        flush=True,
-    )
-
-
 def _demo(args: argparse.Namespace) -> int:
     from .sink import Sink
 
-    show_progress = sys.stderr.isatty()
     with Sink() as sink:
         print(f"sink listening on {sink.host}:{sink.port}")
         sent = failed = 0
         start = time.monotonic()
         with SMTPPool(host=sink.host, port=sink.port, max_connections=args.max_connections) as pool:
             messages = (_demo_message(index) for index in range(args.count))
-            for done, outcome in enumerate(pool.send_many(messages), 1):
-                if isinstance(outcome, SMTPError):
-                    failed += 1
-                    print(f"message {done - 1}: {outcome}", file=sys.stderr)
-                else:
-                    sent += 1
-                if show_progress and (done % 50 == 0 or done == args.count):
-                    _progress(done, args.count, start)
+            with _progress(args.count, "demo") as advance:
+                for outcome in pool.send_many(messages):
+                    if isinstance(outcome, SMTPError):
+                        failed += 1
+                        print(f"failed: {outcome}", file=sys.stderr)
+                    else:
+                        sent += 1
+                    advance()
             elapsed = time.monotonic() - start
             stats = pool.stats()
         received = len(sink.messages)
@@ -70,15 +303,56 @@ def _demo(args: argparse.Namespace) -> int:
         f"{rate:.0f} messages/s, connections used {stats['connections_opened']} "
         f"(max_connections={args.max_connections})"
     )
-    return 0 if failed == 0 and received == sent else 1
+    return EXIT_OK if failed == 0 and received == sent else EXIT_FAILED
+
+
+# -- parsing -------------------------------------------------------------------------------
+
+
+def _positive_int(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, not {value}")
+    return value
 
 
 def _parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="smtppool", description=__doc__)
+    parser = argparse.ArgumentParser(prog="smtppool", description="Pooled SMTP sending.")
     commands = parser.add_subparsers(dest="command", required=True)
-    demo = commands.add_parser("demo", help="send a generated batch to an embedded local sink")
-    demo.add_argument("--count", type=int, default=1000, help="messages to send (default 1000)")
-    demo.add_argument("--max-connections", type=int, default=5, help="pool size (default 5)")
+
+    send = commands.add_parser("send", help="send .eml files, directories, Maildirs, mboxes")
+    send.add_argument("paths", nargs="+", help=".eml file, directory, Maildir or mbox")
+    send.add_argument("--from", dest="sender", help="envelope sender (default: from headers)")
+    send.add_argument("--to", action="append", help="envelope recipient (repeatable)")
+    send.add_argument("--max-connections", type=_positive_int)
+    send.add_argument("--max-messages", type=_positive_int)
+    send.add_argument("--rate-limit", type=_positive_int, help="messages per --rate-delta")
+    send.add_argument("--rate-delta", type=float, help="seconds (default 1)")
+    send.add_argument("--report", help="write every message's fate to this JSON file")
+    _add_server_arguments(send)
+    send.set_defaults(run=_send)
+
+    verify = commands.add_parser("verify", help="check a server configuration")
+    _add_server_arguments(verify)
+    verify.set_defaults(run=_verify)
+
+    sink = commands.add_parser("sink", help="run a local development SMTP server")
+    sink.add_argument("--host", default="127.0.0.1")
+    sink.add_argument("--port", type=int, default=2525, help="0 picks a free port")
+    sink.add_argument("--maildir", help="store each message in this Maildir")
+    sink.add_argument("--print", action="store_true", help="print each message")
+    sink.add_argument("--auth", action="append", default=[], metavar="USER:PASSWORD")
+    sink.add_argument("--tls-cert", help="certificate (PEM) to offer STARTTLS with")
+    sink.add_argument("--tls-key", help="its private key, if not in --tls-cert")
+    sink.add_argument(
+        "--extension", action="append", default=[], choices=["PIPELINING", "DSN", "CHUNKING"]
+    )
+    sink.add_argument("--count", type=_positive_int, help="exit after this many messages")
+    sink.set_defaults(run=_sink)
+
+    demo = commands.add_parser("demo", help="send a generated batch to an embedded sink")
+    demo.add_argument("--count", type=_positive_int, default=1000, help="default 1000")
+    demo.add_argument("--max-connections", type=_positive_int, default=5, help="default 5")
     demo.set_defaults(run=_demo)
     return parser
 
@@ -89,13 +363,17 @@ def main(argv: Sequence[str] | None = None) -> int:
         args = parser.parse_args(argv)
     except SystemExit as exc:  # argparse exits 2 on usage errors, 0 on --help
         return int(exc.code or 0)
-    if getattr(args, "count", 1) < 1 or getattr(args, "max_connections", 1) < 1:
-        parser.print_usage(sys.stderr)
-        print("smtppool: error: --count and --max-connections must be at least 1", file=sys.stderr)
-        return 2
     try:
         status: int = args.run(args)
     except SMTPError as exc:
-        print(f"error {exc.code}: {exc.message}", file=sys.stderr)
-        return 1
+        print(
+            f"error {exc.code}: {exc.message}" + (f" ({exc.response})" if exc.response else ""),
+            file=sys.stderr,
+        )
+        return EXIT_FAILED
+    except (ValueError, TypeError, OSError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return EXIT_FAILED
+    except KeyboardInterrupt:
+        return EXIT_INTERRUPTED
     return status

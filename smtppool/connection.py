@@ -102,6 +102,19 @@ class SMTPConnection:
         return self.tls_mode is not None
 
     @property
+    def tls_version(self) -> str | None:
+        """The negotiated TLS version ("TLSv1.3"), or None without TLS."""
+        sock = self._sock
+        return sock.version() if isinstance(sock, ssl.SSLSocket) else None
+
+    @property
+    def tls_cipher(self) -> str | None:
+        """The negotiated cipher suite's name, or None without TLS."""
+        sock = self._sock
+        cipher = sock.cipher() if isinstance(sock, ssl.SSLSocket) else None
+        return cipher[0] if cipher else None
+
+    @property
     def extensions(self) -> Extensions:
         """What the server advertised in its last EHLO/LHLO reply."""
         return self._protocol.extensions

@@ -146,8 +146,12 @@ class SMTPPool:
     :meth:`close`.
     """
 
-    def __init__(self, **settings: Any) -> None:
-        self.options = Options.from_settings(**settings)
+    def __init__(self, *, options: Options | None = None, **settings: Any) -> None:
+        if options is None:
+            options = Options.from_settings(**settings)
+        elif settings:
+            options = options.replace(**settings)
+        self.options = options
         self._log = self.options.logger or logging.getLogger("smtppool")
         self._setup()
         _POOLS.add(self)

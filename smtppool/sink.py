@@ -21,7 +21,7 @@ import socket
 import ssl
 import threading
 import time
-from collections.abc import Collection, Mapping
+from collections.abc import Callable, Collection, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -54,6 +54,7 @@ class Sink:
     :param tokens: ``{user: access_token}`` accepted by XOAUTH2.
     :param extensions: extra keywords to advertise and honour: PIPELINING, DSN, CHUNKING.
     :param reject_recipients: addresses refused at RCPT with ``550 5.1.1``.
+    :param on_message: called (on the sink's thread) with each ReceivedMessage.
     :param smtp_options: passed on to :class:`aiosmtpd.smtp.SMTP` (e.g. ``data_size_limit``).
     """
 
@@ -69,6 +70,7 @@ class Sink:
         lmtp: bool = False,
         extensions: Collection[str] = (),
         reject_recipients: Collection[str] = (),
+        on_message: Callable[[ReceivedMessage], object] | None = None,
         **smtp_options: Any,
     ) -> None:
         self.host = host
@@ -83,6 +85,7 @@ class Sink:
         if unknown:
             raise ValueError(f"the sink cannot honour {sorted(unknown)}")
         self.reject_recipients = frozenset(reject_recipients)
+        self.on_message = on_message
         self.smtp_options = smtp_options
         self.messages: list[ReceivedMessage] = []
         #: (mechanism, user, succeeded) for every AUTH attempt.
@@ -203,6 +206,8 @@ class Sink:
     def _record(self, message: ReceivedMessage) -> None:
         with self._lock:
             self.messages.append(message)
+        if self.on_message is not None:
+            self.on_message(message)
 
     def check_password(self, user: str, password: str) -> bool:
         expected = self.credentials.get(user)

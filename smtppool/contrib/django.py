@@ -69,7 +69,7 @@ def shared_pool(options: Options) -> SMTPPool:
         pool = _pools.get(options)
     if pool is not None:
         return pool
-    candidate = SMTPPool(**_as_settings(options))
+    candidate = SMTPPool(options=options)
     try:
         candidate.verify()
     except BaseException:
@@ -92,10 +92,6 @@ def close_pools(wait: bool = True) -> None:
 
 
 atexit.register(close_pools)
-
-
-def _as_settings(options: Options) -> dict[str, Any]:
-    return {name: getattr(options, name) for name in options.__dataclass_fields__}
 
 
 class EmailBackend(django_smtp.EmailBackend):  # type: ignore[misc]

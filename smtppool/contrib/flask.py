@@ -46,9 +46,7 @@ class _State:
     def get_pool(self) -> SMTPPool:
         with self.lock:
             if self.pool is None:
-                self.pool = SMTPPool(
-                    **{n: getattr(self.options, n) for n in self.options.__dataclass_fields__}
-                )
+                self.pool = SMTPPool(options=self.options)
                 atexit.register(self.pool.close)
             return self.pool
 

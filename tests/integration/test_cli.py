@@ -1,13 +1,274 @@
-"""The command line, run in-process through main()."""
+"""The command line: the real console script in subprocesses, and main() in-process."""
 
 from __future__ import annotations
 
+import json
+import mailbox
+import os
+import shutil
+import signal
 import subprocess
 import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
 
 import pytest
+import trustme
 
+from smtppool import Envelope, SMTPConnection
+from smtppool.batch import iter_items
 from smtppool.cli import main
+from smtppool.sink import Sink
+
+from ..servers import wait_until
+
+SinkFactory = Callable[..., Sink]
+SCRIPT = shutil.which("smtppool", path=str(Path(sys.executable).parent)) or "smtppool"
+
+
+def run(*args: str, timeout: float = 120, **kwargs: Any) -> subprocess.CompletedProcess[str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("SMTPPOOL_")}
+    return subprocess.run(
+        [SCRIPT, *args],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        check=False,
+        env=env,
+        **kwargs,
+    )
+
+
+def eml(index: int, to: str | None = None) -> bytes:
+    return (
+        f"From: app@x.org\r\nTo: {to or f'u{index}@x.org'}\r\nSubject: batch {index}\r\n"
+        f"Message-ID: <b{index}@x.org>\r\n\r\nMessage {index}\r\n.\r\nafter a dot\r\n"
+    ).encode()
+
+
+def test_send_a_directory_with_a_report(smtpd: SinkFactory, tmp_path: Path) -> None:
+    sink = smtpd(reject_recipients=["nobody@x.org"])
+    outbox = tmp_path / "outbox"
+    outbox.mkdir()
+    for i in range(300):
+        (outbox / f"{i:03}.eml").write_bytes(eml(i, "nobody@x.org" if i == 123 else None))
+    report_path = tmp_path / "report.json"
+    result = run(
+        "send",
+        str(outbox),
+        "--url",
+        sink.url,
+        "--max-connections",
+        "3",
+        "--report",
+        str(report_path),
+    )
+    assert result.returncode == 1, result.stderr  # one message failed
+    report = json.loads(report_path.read_text())
+    assert (report["sent"], report["failed"], report["not_sent"]) == (299, 1, 0)
+    by_id = {entry["id"]: entry for entry in report["messages"]}
+    assert sorted(by_id) == sorted(str(outbox / f"{i:03}.eml") for i in range(300))
+    for i in range(300):
+        entry = by_id[str(outbox / f"{i:03}.eml")]
+        if i == 123:
+            assert entry["status"] == "failed" and entry["error"]["code"] == "EENVELOPE"
+            assert entry["error"]["response"].startswith("550 5.1.1")
+        else:
+            assert entry["status"] == "sent" and entry["accepted"] == [f"u{i}@x.org"]
+            assert entry["response"].startswith("250 ")
+    assert len(sink.messages) == 299 and sink.max_concurrent <= 3
+    assert "sent" in result.stdout and "299" in result.stdout
+    assert "failed: " in result.stderr and "123.eml" in result.stderr
+
+
+def test_send_with_an_explicit_envelope(smtpd: SinkFactory, tmp_path: Path) -> None:
+    sink = smtpd()
+    path = tmp_path / "one.eml"
+    path.write_bytes(eml(1))
+    result = run(
+        "send",
+        str(path),
+        "--url",
+        sink.url,
+        "--from",
+        "bounce@x.org",
+        "--to",
+        "r1@x.org",
+        "--to",
+        "r2@x.org",
+    )
+    assert result.returncode == 0, result.stderr
+    [received] = sink.messages
+    assert received.mail_from == "bounce@x.org" and received.rcpt_tos == ("r1@x.org", "r2@x.org")
+
+
+def test_ctrl_c_stops_cleanly_and_accounts_for_every_message(
+    smtpd: SinkFactory, tmp_path: Path
+) -> None:
+    sink = smtpd()
+    outbox = tmp_path / "slow"
+    outbox.mkdir()
+    for i in range(100):
+        (outbox / f"{i:03}.eml").write_bytes(eml(i))
+    report_path = tmp_path / "report.json"
+    process = subprocess.Popen(
+        [
+            SCRIPT,
+            "send",
+            str(outbox),
+            "--url",
+            sink.url,
+            "--rate-limit",
+            "10",
+            "--report",
+            str(report_path),
+        ],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    assert wait_until(lambda: len(sink.messages) >= 15, 20)
+    process.send_signal(signal.SIGINT)
+    out, err = process.communicate(timeout=60)
+    assert process.returncode == 130, err
+    report = json.loads(report_path.read_text())
+    statuses = [entry["status"] for entry in report["messages"]]
+    assert report["interrupted"] and len(statuses) == 100
+    assert set(statuses) <= {"sent", "not sent"}  # nothing left unknown
+    assert statuses.count("sent") == len(sink.messages) < 100
+
+
+@pytest.fixture
+def tls_sink(smtpd: SinkFactory, ca: trustme.CA, tmp_path: Path) -> tuple[Sink, Path]:
+    cafile = tmp_path / "ca.pem"
+    ca.cert_pem.write_to_path(str(cafile))
+    return smtpd(tls="starttls", credentials={"u": "pw"}), cafile
+
+
+def test_verify_prints_what_the_server_offers(tls_sink: tuple[Sink, Path]) -> None:
+    sink, cafile = tls_sink
+    result = run(
+        "verify",
+        "--host",
+        "localhost",
+        "--port",
+        str(sink.port),
+        "--user",
+        "u",
+        "--password",
+        "pw",
+        "--cafile",
+        str(cafile),
+    )
+    assert result.returncode == 0, result.stderr
+    out = result.stdout
+    assert "TLSv1.3 (STARTTLS)" in out and "SMTPUTF8" in out and "SIZE=33554432" in out
+    assert "CRAM-MD5 LOGIN PLAIN" in out and "ok as u" in out and "result      OK" in out
+
+
+@pytest.mark.parametrize("case", ["password", "certificate", "closed port"])
+def test_verify_failures(tls_sink: tuple[Sink, Path], case: str) -> None:
+    sink, cafile = tls_sink
+    args = [
+        "verify",
+        "--host",
+        "localhost",
+        "--port",
+        str(sink.port),
+        "--user",
+        "u",
+        "--password",
+        "wrong" if case == "password" else "pw",
+    ]
+    if case != "certificate":
+        args += ["--cafile", str(cafile)]
+    if case == "closed port":
+        args[4] = str(_closed_port())
+    result = run(*args, timeout=60)
+    assert result.returncode == 1 and result.stdout == ""
+    expected = {
+        "password": "error EAUTH: AUTH CRAM-MD5 failed (535",
+        "certificate": "error ETLS: TLS failure",
+        "closed port": "error ECONNECTION",
+    }
+    assert result.stderr.startswith(expected[case]), result.stderr
+
+
+def _closed_port() -> int:
+    import socket
+
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return int(probe.getsockname()[1])
+
+
+def test_sink_command_writes_a_maildir(tmp_path: Path) -> None:
+    maildir = tmp_path / "Maildir"
+    process = subprocess.Popen(
+        [
+            SCRIPT,
+            "sink",
+            "--port",
+            "0",
+            "--maildir",
+            str(maildir),
+            "--count",
+            "1",
+            "--extension",
+            "PIPELINING",
+        ],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert process.stdout is not None
+        line = process.stdout.readline()
+        assert line.startswith("listening on 127.0.0.1:"), line + process.stderr.read()
+        port = int(line.rsplit(":", 1)[1])
+        with SMTPConnection(host="127.0.0.1", port=port) as conn:
+            assert "PIPELINING" in conn.extensions
+            conn.send(Envelope("a@x.org", "b@x.org"), eml(7))
+        out, _ = process.communicate(timeout=30)
+    finally:
+        process.kill() if process.poll() is None else None
+    assert process.returncode == 0 and "received 1 message(s)" in out
+    [stored] = list(mailbox.Maildir(maildir, create=False))
+    assert stored["Subject"] == "batch 7" and stored["Return-Path"] == "<a@x.org>"
+
+
+def test_mbox_and_maildir_sources(smtpd: SinkFactory, tmp_path: Path) -> None:
+    box = mailbox.mbox(tmp_path / "archive.mbox")
+    for i in range(3):
+        box.add(eml(i))
+    box.close()
+    maildir = mailbox.Maildir(tmp_path / "md", create=True)
+    for i in range(3, 5):
+        maildir.add(eml(i))
+    ids = [item.id for item in iter_items([tmp_path / "archive.mbox", tmp_path / "md"])]
+    assert len(ids) == 5 and ids[0].startswith(str(tmp_path / "archive.mbox") + "#")
+    sink = smtpd()
+    assert (
+        main(["send", str(tmp_path / "archive.mbox"), str(tmp_path / "md"), "--url", sink.url]) == 0
+    )
+    assert sorted(m.rcpt_tos[0] for m in sink.messages) == [f"u{i}@x.org" for i in range(5)]
+
+
+def test_missing_path_and_server_from_environment(
+    smtpd: SinkFactory,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    assert main(["send", str(tmp_path / "nope.eml"), "--url", "smtp://127.0.0.1:1"]) == 1
+    assert "no such file or directory" in capsys.readouterr().err
+    sink = smtpd()
+    path = tmp_path / "m.eml"
+    path.write_bytes(eml(1))
+    monkeypatch.setenv("SMTPPOOL_URL", sink.url)
+    assert main(["send", str(path)]) == 0 and len(sink.messages) == 1
 
 
 def test_demo_sends_a_batch_into_the_embedded_sink(capsys: pytest.CaptureFixture[str]) -> None:
@@ -23,17 +284,20 @@ def test_usage_errors_exit_2(capsys: pytest.CaptureFixture[str]) -> None:
     assert main(["demo", "--count", "0"]) == 2
     assert main(["demo", "--count", "many"]) == 2
     assert main(["demo", "--max-connections", "0"]) == 2
+    assert main(["send"]) == 2
     assert "usage:" in capsys.readouterr().err
 
 
 def test_python_dash_m_demo_runs_as_a_newcomer_would() -> None:
-    run = subprocess.run(
+    started = time.monotonic()
+    result = subprocess.run(
         [sys.executable, "-m", "smtppool", "demo", "--count", "200"],
         capture_output=True,
         text=True,
         timeout=120,
         check=False,
     )
-    assert run.returncode == 0, run.stderr
-    assert "sent 200, failed 0, received by sink 200" in run.stdout
-    assert run.stderr == ""  # no progress bar when stderr is not a terminal
+    assert result.returncode == 0, result.stderr
+    assert "sent 200, failed 0, received by sink 200" in result.stdout
+    assert result.stderr == ""  # no progress bar when stderr is not a terminal
+    assert time.monotonic() - started < 120
