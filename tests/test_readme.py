@@ -20,6 +20,8 @@ import trustme
 
 from smtppool.sink import Sink
 
+from .integration.test_testing_plugin import USER_CODE
+
 README = Path(__file__).resolve().parent.parent / "README.rst"
 SinkFactory = Callable[..., Sink]
 
@@ -136,16 +138,5 @@ mail.close()
 
 
 def test_pytest_plugin_snippet(pytester: pytest.Pytester) -> None:
-    your_code = """
-from email.message import EmailMessage
-
-def send_welcome(address, transport):
-    message = EmailMessage()
-    message["From"] = "app@example.com"
-    message["To"] = address
-    message["Subject"] = "Welcome"
-    message.set_content("Thanks for signing up.")
-    transport.send(message)
-"""
-    pytester.makepyfile(test_readme_plugin=your_code + snippet("pytest-plugin"))
+    pytester.makepyfile(test_readme_plugin=USER_CODE + snippet("pytest-plugin"))
     pytester.runpytest_subprocess("-p", "no:cacheprovider").assert_outcomes(passed=1)

@@ -147,21 +147,24 @@ def tls_sink(smtpd: SinkFactory, ca: trustme.CA, tmp_path: Path) -> tuple[Sink, 
     return smtpd(tls="starttls", credentials={"u": "pw"}), cafile
 
 
-def test_verify_prints_what_the_server_offers(tls_sink: tuple[Sink, Path]) -> None:
-    sink, cafile = tls_sink
-    result = run(
+def verify_args(port: int, password: str, cafile: Path | None) -> list[str]:
+    args = [
         "verify",
         "--host",
         "localhost",
         "--port",
-        str(sink.port),
+        str(port),
         "--user",
         "u",
         "--password",
-        "pw",
-        "--cafile",
-        str(cafile),
-    )
+        password,
+    ]
+    return args + (["--cafile", str(cafile)] if cafile else [])
+
+
+def test_verify_prints_what_the_server_offers(tls_sink: tuple[Sink, Path]) -> None:
+    sink, cafile = tls_sink
+    result = run(*verify_args(sink.port, "pw", cafile))
     assert result.returncode == 0, result.stderr
     out = result.stdout
     assert "TLSv1.3 (STARTTLS)" in out and "SMTPUTF8" in out and "SIZE=33554432" in out
@@ -171,21 +174,10 @@ def test_verify_prints_what_the_server_offers(tls_sink: tuple[Sink, Path]) -> No
 @pytest.mark.parametrize("case", ["password", "certificate", "closed port"])
 def test_verify_failures(tls_sink: tuple[Sink, Path], case: str) -> None:
     sink, cafile = tls_sink
-    args = [
-        "verify",
-        "--host",
-        "localhost",
-        "--port",
-        str(sink.port),
-        "--user",
-        "u",
-        "--password",
-        "wrong" if case == "password" else "pw",
-    ]
-    if case != "certificate":
-        args += ["--cafile", str(cafile)]
-    if case == "closed port":
-        args[4] = str(_closed_port())
+    port = _closed_port() if case == "closed port" else sink.port
+    args = verify_args(
+        port, "wrong" if case == "password" else "pw", None if case == "certificate" else cafile
+    )
     result = run(*args, timeout=60)
     assert result.returncode == 1 and result.stdout == ""
     expected = {

@@ -4,24 +4,30 @@ from __future__ import annotations
 
 import pytest
 
-USER_TESTS = """
+#: A user's own mail code, which their tests (and the README's example) exercise.
+USER_CODE = """
 from email.message import EmailMessage
 
 import smtppool
 
 
-def signup(address, transport):
+def send_welcome(address, transport):
     message = EmailMessage()
     message["From"] = "app@example.com"
     message["To"] = address
     message["Subject"] = "Welcome"
     message.set_content("Thanks for signing up.")
     transport.send(message)
+"""
+
+USER_TESTS = (
+    USER_CODE
+    + """
 
 
 def test_welcome_mail(smtp_sink):
     with smtppool.SMTPPool.from_url(smtp_sink.url) as transport:
-        signup("ann@example.org", transport)
+        send_welcome("ann@example.org", transport)
     [sent] = smtp_sink.messages
     assert sent.envelope.mail_from == "app@example.com"
     assert sent.envelope.rcpt_to == ("ann@example.org",)
@@ -43,6 +49,7 @@ def test_refusals_and_clear(smtp_sink_factory):
 def test_a_fresh_sink_per_test(smtp_sink):
     assert smtp_sink.messages == []
 """
+)
 
 
 def test_plugin_fixture_in_a_users_test_file(pytester: pytest.Pytester) -> None:
