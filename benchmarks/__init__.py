@@ -1,0 +1,1 @@
+"""Benchmarks: smtppool against its peers on the same sink, in the same run."""

@@ -1,0 +1,270 @@
+"""Benchmark smtppool against its peers: ``python -m benchmarks [--quick] [--json PATH]``.
+
+Every client sends the same 2 KB, one-recipient message to Postfix's ``smtp-sink`` (and,
+for the RTT scenarios, through a userland delay proxy).  The sink and proxy are pinned to
+core 1 and each client to core 0, because unpinned figures swing threefold on a
+two-core machine.  Clients run interleaved, round after round; the report gives medians
+with min-max and smtppool's ratio to each peer measured in the same run.
+
+Peers: smtplib (1 connection, and N threads each with its own), aiosmtplib (N
+connections), Nodemailer's pool (installed with npm into a cache folder when missing)
+and Postfix's smtp-source (C).  Needs the Debian package ``postfix`` for smtp-sink and
+smtp-source; the MTA itself is never started.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import os
+import resource
+import shutil
+import socket
+import statistics
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+NODE_DIR = Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "smtppool-bench"
+SINK_CORE, CLIENT_CORE = "1", "0"
+
+
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return int(probe.getsockname()[1])
+
+
+def wait_for_port(port: int, timeout: float = 10.0) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        with contextlib.suppress(OSError), socket.create_connection(("127.0.0.1", port), 1):
+            return
+        time.sleep(0.05)
+    raise RuntimeError(f"nothing listening on port {port}")
+
+
+def pinned(core: str, command: list[str]) -> list[str]:
+    return ["taskset", "-c", core, *command] if shutil.which("taskset") else command
+
+
+@contextlib.contextmanager
+def process(command: list[str]) -> Iterator[subprocess.Popen[bytes]]:
+    proc = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        yield proc
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(5)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+
+
+@contextlib.contextmanager
+def sink_and_proxy(rtt_ms: float) -> Iterator[int]:
+    """Start smtp-sink (and a delay proxy when rtt_ms > 0); yield the port to send to."""
+    sink_port = free_port()
+    sink = ["smtp-sink", "-4", "-a", "-C", "-F", "-u", "nobody", f"127.0.0.1:{sink_port}", "1024"]
+    with process(pinned(SINK_CORE, sink)):
+        wait_for_port(sink_port)
+        if not rtt_ms:
+            yield sink_port
+            return
+        proxy_port = free_port()
+        proxy = [
+            sys.executable,
+            "-m",
+            "benchmarks.proxy",
+            str(proxy_port),
+            str(sink_port),
+            str(rtt_ms / 2),
+        ]
+        with process(pinned(SINK_CORE, proxy)):
+            wait_for_port(proxy_port)
+            yield proxy_port
+
+
+def ensure_peers() -> dict[str, bool]:
+    """Find (or install) each peer; say which are usable."""
+    available = {"smtp-source": shutil.which("smtp-source") is not None}
+    try:
+        import aiosmtplib  # noqa: F401
+    except ImportError:
+        subprocess.run([sys.executable, "-m", "pip", "install", "-q", "aiosmtplib"], check=False)
+    available["aiosmtplib"] = (
+        subprocess.run([sys.executable, "-c", "import aiosmtplib"], capture_output=True).returncode
+        == 0
+    )
+    if shutil.which("npm") and not (NODE_DIR / "node_modules" / "nodemailer").is_dir():
+        NODE_DIR.mkdir(parents=True, exist_ok=True)
+        subprocess.run(
+            ["npm", "install", "--silent", "--prefix", str(NODE_DIR), "nodemailer"],
+            check=False,
+            capture_output=True,
+        )
+    available["nodemailer"] = (NODE_DIR / "node_modules" / "nodemailer").is_dir()
+    return available
+
+
+def run_client(kind: str, port: int, count: int, conns: int) -> dict[str, float]:
+    """Run one client process pinned to the client core; return its measurements."""
+    if kind == "smtp-source":
+        before = resource.getrusage(resource.RUSAGE_CHILDREN)
+        start = time.perf_counter()
+        subprocess.run(
+            pinned(
+                CLIENT_CORE,
+                [
+                    "smtp-source",
+                    "-s",
+                    str(conns),
+                    "-m",
+                    str(count),
+                    "-l",
+                    "2048",
+                    "-f",
+                    "bench@example.com",
+                    "-t",
+                    "sink@example.com",
+                    f"127.0.0.1:{port}",
+                ],
+            ),
+            check=True,
+            capture_output=True,
+            timeout=600,
+        )
+        seconds = time.perf_counter() - start
+        after = resource.getrusage(resource.RUSAGE_CHILDREN)
+        cpu = (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
+        return {"count": count, "seconds": seconds, "cpu_seconds": cpu}
+    if kind == "nodemailer":
+        command = ["node", str(HERE / "nodemailer_pool.js"), str(port), str(count), str(conns)]
+        env = {**os.environ, "NODE_PATH": str(NODE_DIR / "node_modules")}
+    else:
+        command = [
+            sys.executable,
+            "-m",
+            "benchmarks.clients",
+            kind,
+            str(port),
+            str(count),
+            str(conns),
+        ]
+        env = dict(os.environ)
+    out = subprocess.run(
+        pinned(CLIENT_CORE, command),
+        check=True,
+        capture_output=True,
+        text=True,
+        timeout=600,
+        env=env,
+        cwd=HERE.parent,
+    ).stdout
+    return dict(json.loads(out.strip().splitlines()[-1]))
+
+
+def scenarios(quick: bool) -> list[dict[str, object]]:
+    """(label, client kind, connections) for each RTT, with message counts sized to it."""
+    clients = [
+        ("smtppool pool", "smtppool-pool", 5),
+        ("smtppool 1 connection", "smtppool-conn", 1),
+        ("smtplib 1 connection", "smtplib", 1),
+        ("smtplib 5 threads", "smtplib", 5),
+        ("aiosmtplib 5 connections", "aiosmtplib", 5),
+        ("Nodemailer pool", "nodemailer", 5),
+        ("smtp-source", "smtp-source", 5),
+    ]
+    rtts = [0, 20] if quick else [0, 5, 20, 80]
+    result = []
+    for rtt in rtts:
+        per_connection = 2000 if rtt == 0 else max(int(2000 / (rtt * 4)), 10)
+        for label, kind, conns in clients:
+            count = per_connection * (2 if conns > 1 else 1) if rtt else (3000 if quick else 10000)
+            result.append(
+                {"rtt_ms": rtt, "label": label, "kind": kind, "connections": conns, "count": count}
+            )
+    return result
+
+
+def summarise(samples: list[dict[str, float]]) -> dict[str, float]:
+    rates = [s["count"] / s["seconds"] for s in samples]
+    cpu = [1000 * s["cpu_seconds"] / s["count"] for s in samples]
+    return {
+        "rate": statistics.median(rates),
+        "rate_min": min(rates),
+        "rate_max": max(rates),
+        "cpu_ms_per_msg": statistics.median(cpu),
+    }
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m benchmarks", description=__doc__)
+    parser.add_argument("--quick", action="store_true", help="RTT 0 and 20 ms, 3 rounds")
+    parser.add_argument("--rounds", type=int, help="interleaved rounds (default 3 quick, 5 full)")
+    parser.add_argument("--json", default=str(HERE / "results" / "latest.json"))
+    args = parser.parse_args(argv)
+    if not shutil.which("smtp-sink"):
+        print(
+            "smtp-sink not found: apt-get install postfix (the MTA is not started)", file=sys.stderr
+        )
+        return 2
+    available = ensure_peers()
+    rounds = args.rounds or (3 if args.quick else 5)
+    plan = [s for s in scenarios(args.quick) if available.get(str(s["kind"]), True)]
+    samples: dict[tuple[object, object], list[dict[str, float]]] = {}
+    for rtt in sorted({s["rtt_ms"] for s in plan}):  # type: ignore[type-var]
+        with sink_and_proxy(float(rtt)) as port:  # type: ignore[arg-type]
+            for round_number in range(rounds):
+                for s in (s for s in plan if s["rtt_ms"] == rtt):
+                    result = run_client(
+                        str(s["kind"]),
+                        port,
+                        int(s["count"]),  # type: ignore[call-overload]
+                        int(s["connections"]),
+                    )  # type: ignore[call-overload]
+                    samples.setdefault((rtt, s["label"]), []).append(result)
+                print(f"rtt {rtt} ms: round {round_number + 1}/{rounds} done", file=sys.stderr)
+    report = []
+    for (rtt, label), runs in samples.items():
+        report.append({"rtt_ms": rtt, "client": label, **summarise(runs), "runs": runs})
+    print_table(report)
+    path = Path(args.json)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(
+        json.dumps({"machine": machine(), "rounds": rounds, "results": report}, indent=1)
+    )
+    print(f"\nwrote {path}")
+    return 0
+
+
+def machine() -> dict[str, object]:
+    return {
+        "cpus": os.cpu_count(),
+        "python": sys.version.split()[0],
+        "platform": sys.platform,
+        "pinned": bool(shutil.which("taskset")),
+    }
+
+
+def print_table(report: list[dict[str, object]]) -> None:
+    for rtt in sorted({r["rtt_ms"] for r in report}):  # type: ignore[type-var]
+        rows = [r for r in report if r["rtt_ms"] == rtt]
+        ours = next((r for r in rows if r["client"] == "smtppool pool"), None)
+        print(f"\nRTT {rtt} ms (medians, min-max; ratio = smtppool pool / client)")
+        print(f"{'client':<26}{'msgs/s':>9}{'min-max':>17}{'CPU ms/msg':>12}{'ratio':>8}")
+        for r in rows:
+            ratio = f"{ours['rate'] / r['rate']:.2f}" if ours else "-"  # type: ignore[operator]
+            span = f"{r['rate_min']:.0f}-{r['rate_max']:.0f}"
+            print(
+                f"{r['client']:<26}{r['rate']:>9.0f}{span:>17}{r['cpu_ms_per_msg']:>12.3f}"
+                f"{ratio:>8}"
+            )
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,127 @@
+"""One benchmark client per process: ``python -m benchmarks.clients KIND PORT COUNT CONNS``.
+
+Prints one JSON line: messages sent, wall seconds and this process's CPU seconds, both
+measured over the sending phase only (imports and set-up excluded).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import resource
+import smtplib
+import sys
+import threading
+import time
+from collections.abc import Callable
+
+FROM, TO = "bench@example.com", "sink@example.com"
+
+
+def message(size: int = 2048) -> bytes:
+    header = f"From: {FROM}\r\nTo: {TO}\r\nSubject: benchmark\r\n\r\n".encode()
+    line = b"0123456789abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789\r\n"
+    body = (line * (size // len(line) + 1))[: size - len(header) - 2] + b"\r\n"
+    return header + body
+
+
+def cpu() -> float:
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    return usage.ru_utime + usage.ru_stime
+
+
+def smtppool_pool(port: int, count: int, conns: int) -> Callable[[], None]:
+    import smtppool
+
+    pool = smtppool.SMTPPool(
+        host="127.0.0.1",
+        port=port,
+        max_connections=conns,
+        max_messages=10**9,
+        name="bench.example.com",
+    )
+    envelope, data = smtppool.Envelope(FROM, TO), message()
+
+    def run() -> None:
+        for outcome in pool.send_many((data, envelope) for _ in range(count)):
+            assert not isinstance(outcome, smtppool.SMTPError), outcome
+        pool.close()
+
+    return run
+
+
+def smtppool_conn(port: int, count: int, conns: int) -> Callable[[], None]:
+    import smtppool
+
+    connection = smtppool.SMTPConnection(
+        host="127.0.0.1", port=port, max_messages=10**9, name="bench.example.com"
+    )
+    connection.connect()
+    envelope, data = smtppool.Envelope(FROM, TO), message()
+
+    def run() -> None:
+        for _ in range(count):
+            connection.send(envelope, data)
+        connection.quit()
+
+    return run
+
+
+def _smtplib_worker(port: int, count: int) -> None:
+    client = smtplib.SMTP("127.0.0.1", port, local_hostname="bench.example.com")
+    data = message()
+    for _ in range(count):
+        client.sendmail(FROM, [TO], data)
+    client.quit()
+
+
+def smtplib_threads(port: int, count: int, conns: int) -> Callable[[], None]:
+    def run() -> None:
+        share = [count // conns + (i < count % conns) for i in range(conns)]
+        threads = [threading.Thread(target=_smtplib_worker, args=(port, n)) for n in share]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join()
+
+    return run
+
+
+def aiosmtplib_conns(port: int, count: int, conns: int) -> Callable[[], None]:
+    import aiosmtplib
+
+    async def worker(n: int) -> None:
+        client = aiosmtplib.SMTP(
+            hostname="127.0.0.1", port=port, local_hostname="bench.example.com", start_tls=False
+        )
+        await client.connect()
+        data = message()
+        for _ in range(n):
+            await client.sendmail(FROM, [TO], data)
+        await client.quit()
+
+    async def main() -> None:
+        await asyncio.gather(*(worker(count // conns + (i < count % conns)) for i in range(conns)))
+
+    return lambda: asyncio.run(main())
+
+
+KINDS = {
+    "smtppool-pool": smtppool_pool,
+    "smtppool-conn": smtppool_conn,
+    "smtplib": smtplib_threads,
+    "aiosmtplib": aiosmtplib_conns,
+}
+
+
+def main() -> None:
+    kind, port, count, conns = sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), int(sys.argv[4])
+    run = KINDS[kind](port, count, conns)
+    cpu_start, wall_start = cpu(), time.perf_counter()
+    run()
+    wall, used = time.perf_counter() - wall_start, cpu() - cpu_start
+    print(json.dumps({"count": count, "seconds": wall, "cpu_seconds": used}))
+
+
+if __name__ == "__main__":
+    main()
