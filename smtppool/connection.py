@@ -19,7 +19,7 @@ import threading
 import time
 from collections.abc import Iterator, Mapping
 from types import TracebackType
-from typing import Any
+from typing import Any, NoReturn
 
 from .auth import Credentials, choose_mechanism, make_mechanism
 from .config import Options, make_ssl_context, normalise_auth
@@ -49,6 +49,17 @@ MAX_AUTH_ROUNDS = 10
 
 # Errors after which the session cannot be trusted: the socket is closed.
 _FATAL = (ConnectError, SMTPTimeoutError, TLSError, ProtocolError)
+
+
+#: A socket timeout up to this much longer than asked for is left as it is: resetting it
+#: costs a system call per read, and a deadline this late by milliseconds is harmless.
+TIMEOUT_SLACK = 0.005
+
+
+def _set_timeout(sock: socket.socket, seconds: float) -> None:
+    current = sock.gettimeout()  # no system call, unlike settimeout()
+    if current is None or not seconds <= current <= seconds + TIMEOUT_SLACK:
+        sock.settimeout(seconds)
 
 
 @functools.lru_cache(maxsize=1)
@@ -137,30 +148,31 @@ class SMTPConnection:
 
     # -- the error boundary ------------------------------------------------------------
 
-    @contextlib.contextmanager
-    def _translating(self, doing: str) -> Iterator[None]:
-        """The error boundary: turn socket and TLS errors into SMTPError subclasses."""
-        try:
-            yield
-        except SMTPError:
-            raise
-        except TimeoutError as exc:  # socket.timeout; before OSError, of which it is one
+    def _raise_translated(self, exc: OSError, doing: str) -> NoReturn:
+        """The error boundary: re-raise a socket or TLS error as its SMTPError subclass.
+
+        Called from plain ``except OSError`` clauses, which cost nothing until an error
+        happens (a context manager per read and write was measurable)."""
+        if isinstance(exc, SMTPError):
+            raise exc
+        if isinstance(exc, TimeoutError):  # socket.timeout; before OSError, of which it is one
             raise SMTPTimeoutError(f"timed out {doing}") from exc
-        except socket.gaierror as exc:
+        if isinstance(exc, socket.gaierror):
             raise ConnectError(
                 f"cannot resolve {self.options.host!r}: {exc.strerror}", code="EDNS"
             ) from exc
-        except (ssl.SSLError, ssl.CertificateError) as exc:
+        if isinstance(exc, (ssl.SSLError, ssl.CertificateError)):
             raise TLSError(f"TLS failure {doing}: {exc}") from exc
-        except OSError as exc:
-            raise ConnectError(f"connection failure {doing}: {exc}") from exc
+        raise ConnectError(f"connection failure {doing}: {exc}") from exc
 
     @contextlib.contextmanager
     def _guard(self, doing: str) -> Iterator[None]:
         """Run a public operation: translate errors; close the socket when unsafe to go on."""
         try:
-            with self._translating(doing):
+            try:
                 yield
+            except OSError as exc:
+                self._raise_translated(exc, doing)
         except BaseException as exc:
             if isinstance(exc, _FATAL) or not self._is_clean():
                 self.close()
@@ -189,9 +201,11 @@ class SMTPConnection:
 
     def _write(self, data: bytes) -> None:
         sock = self._socket()
-        with self._translating("sending data"):
-            sock.settimeout(self.options.socket_timeout)
+        try:
+            _set_timeout(sock, self.options.socket_timeout)
             sock.sendall(data)
+        except OSError as exc:
+            self._raise_translated(exc, "sending data")
 
     def _read_reply(
         self,
@@ -209,15 +223,17 @@ class SMTPConnection:
         if deadline is None:
             deadline = time.monotonic() + self.options.socket_timeout
         protocol = self._protocol
-        with self._translating(doing):
+        try:
             while True:
                 reply = protocol.next_reply()
                 if reply is not None:
                     break
                 if protocol.peer_closed:
                     raise ConnectError(f"connection closed by the server while {doing}")
-                sock.settimeout(self._remaining(deadline, doing))
+                _set_timeout(sock, self._remaining(deadline, doing))
                 protocol.receive_data(sock.recv(READ_CHUNK_BYTES))
+        except OSError as exc:
+            self._raise_translated(exc, doing)
         self.last_reply = reply
         if self._trace:
             self._log.debug(
@@ -626,6 +642,19 @@ class SMTPConnection:
 
     # -- reuse ---------------------------------------------------------------------------
 
+    def is_within_limits(self) -> bool:
+        """The cheap half of :meth:`is_reusable`: idle and clean, and below
+        ``max_messages`` and ``connection_ttl``; the socket is not examined."""
+        opts = self.options
+        if not self._is_clean() or self._protocol.state != State.READY:
+            return False
+        if self.messages_sent >= opts.max_messages:
+            return False
+        ttl = opts.connection_ttl
+        return (
+            ttl is None or self.connected_at is None or time.monotonic() - self.connected_at < ttl
+        )
+
     def is_reusable(self) -> bool:
         """True if the session can carry another message right now.
 
@@ -634,14 +663,9 @@ class SMTPConnection:
         ``421`` idle timeout).  A TLS-aware peek tells real data from TLS records such as
         session tickets, which make an idle socket readable without meaning anything.
         """
+        if not self.is_within_limits():
+            return False
         opts = self.options
-        if not self._is_clean() or self._protocol.state != State.READY:
-            return False
-        if self.messages_sent >= opts.max_messages:
-            return False
-        if opts.connection_ttl is not None and self.connected_at is not None:
-            if time.monotonic() - self.connected_at >= opts.connection_ttl:
-                return False
         sock = self._socket()
         buffered = isinstance(sock, ssl.SSLSocket) and sock.pending() > 0
         if not buffered and not select.select([sock], [], [], 0)[0]:

@@ -397,7 +397,7 @@ class SMTPPool:
     def _checkin(self, connection: SMTPConnection | None) -> None:
         """Give the slot back (exactly once per checkout); retire what cannot be reused."""
         retire = None
-        if connection is not None and (self._closed or not connection.is_reusable()):
+        if connection is not None and (self._closed or not connection.is_within_limits()):
             retire, connection = connection, None
         self._idle.put(_Idle(connection, time.monotonic()) if connection is not None else None)
         with self._lock:

@@ -64,6 +64,10 @@ class RateLimiter:
 
         :raises PoolClosedError: the limiter was closed while waiting.
         """
+        if self._window is None and not self._queue and self._clock() >= self._paused_until:
+            if self._closed:  # the common unlimited case needs no lock or wake-up
+                raise PoolClosedError("the pool was closed while waiting to send")
+            return True
         deadline = None if timeout is None else self._clock() + timeout
         ticket = object()
         with self._cond:
