@@ -26,7 +26,9 @@ import subprocess
 import sys
 import time
 from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 HERE = Path(__file__).resolve().parent
 NODE_DIR = Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "smtppool-bench"
@@ -66,10 +68,27 @@ def process(command: list[str]) -> Iterator[subprocess.Popen[bytes]]:
 
 
 @contextlib.contextmanager
-def sink_and_proxy(rtt_ms: float) -> Iterator[int]:
-    """Start smtp-sink (and a delay proxy when rtt_ms > 0); yield the port to send to."""
+def sink_and_proxy(rtt_ms: float, chunking: bool = False) -> Iterator[int]:
+    """Start a sink (and a delay proxy when rtt_ms > 0); yield the port to send to.
+
+    The sink is Postfix's smtp-sink (PIPELINING, no CHUNKING), or with ``chunking`` the
+    aiosmtpd-based ``smtppool sink`` offering PIPELINING and CHUNKING, so BDAT is measured.
+    """
     sink_port = free_port()
     sink = ["smtp-sink", "-4", "-a", "-C", "-F", "-u", "nobody", f"127.0.0.1:{sink_port}", "1024"]
+    if chunking:
+        sink = [
+            sys.executable,
+            "-m",
+            "smtppool",
+            "sink",
+            "--port",
+            str(sink_port),
+            "--extension",
+            "PIPELINING",
+            "--extension",
+            "CHUNKING",
+        ]
     with process(pinned(SINK_CORE, sink)):
         wait_for_port(sink_port)
         if not rtt_ms:
@@ -168,26 +187,38 @@ def run_client(kind: str, port: int, count: int, conns: int) -> dict[str, float]
     return dict(json.loads(out.strip().splitlines()[-1]))
 
 
-def scenarios(quick: bool) -> list[dict[str, object]]:
-    """(label, client kind, connections) for each RTT, with message counts sized to it."""
-    clients = [
-        ("smtppool pool", "smtppool-pool", 5),
-        ("smtppool 1 connection", "smtppool-conn", 1),
-        ("smtplib 1 connection", "smtplib", 1),
-        ("smtplib 5 threads", "smtplib", 5),
-        ("aiosmtplib 5 connections", "aiosmtplib", 5),
-        ("Nodemailer pool", "nodemailer", 5),
-        ("smtp-source", "smtp-source", 5),
-    ]
-    rtts = [0, 20] if quick else [0, 5, 20, 80]
+@dataclass(frozen=True)
+class Scenario:
+    rtt_ms: float
+    label: str
+    kind: str
+    connections: int
+    count: int
+    chunking: bool = False  #: against the CHUNKING sink instead of smtp-sink
+
+
+CLIENTS = [  # (label, client kind, connections, CHUNKING sink)
+    ("smtppool pool", "smtppool-pool", 5, False),
+    ("smtppool pool, BDAT sink", "smtppool-pool", 5, True),
+    ("smtppool 1 connection", "smtppool-conn", 1, False),
+    ("smtplib 1 connection", "smtplib", 1, False),
+    ("smtplib 5 threads", "smtplib", 5, False),
+    ("aiosmtplib 5 connections", "aiosmtplib", 5, False),
+    ("Nodemailer pool", "nodemailer", 5, False),
+    ("smtp-source", "smtp-source", 5, False),
+]
+
+
+def scenarios(quick: bool) -> list[Scenario]:
+    """Every client at every RTT, with message counts sized so each run takes seconds."""
     result = []
-    for rtt in rtts:
-        per_connection = 2000 if rtt == 0 else max(int(2000 / (rtt * 4)), 10)
-        for label, kind, conns in clients:
-            count = per_connection * (2 if conns > 1 else 1) if rtt else (3000 if quick else 10000)
-            result.append(
-                {"rtt_ms": rtt, "label": label, "kind": kind, "connections": conns, "count": count}
-            )
+    for rtt in [0, 20] if quick else [0, 5, 20, 80]:
+        for label, kind, conns, chunking in CLIENTS:
+            if rtt:
+                count = max(int(2000 / (rtt * 4)), 10) * (2 if conns > 1 else 1)
+            else:
+                count = 3000 if quick else 10000
+            result.append(Scenario(rtt, label, kind, conns, count, chunking))
     return result
 
 
@@ -215,23 +246,27 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     available = ensure_peers()
     rounds = args.rounds or (3 if args.quick else 5)
-    plan = [s for s in scenarios(args.quick) if available.get(str(s["kind"]), True)]
-    samples: dict[tuple[object, object], list[dict[str, float]]] = {}
-    for rtt in sorted({s["rtt_ms"] for s in plan}):  # type: ignore[type-var]
-        with sink_and_proxy(float(rtt)) as port:  # type: ignore[arg-type]
+    plan = [s for s in scenarios(args.quick) if available.get(s.kind, True)]
+    samples: dict[tuple[float, str], list[dict[str, float]]] = {}
+    for rtt, chunking in sorted({(s.rtt_ms, s.chunking) for s in plan}):
+        with sink_and_proxy(rtt, chunking) as port:
             for round_number in range(rounds):
-                for s in (s for s in plan if s["rtt_ms"] == rtt):
-                    result = run_client(
-                        str(s["kind"]),
-                        port,
-                        int(s["count"]),  # type: ignore[call-overload]
-                        int(s["connections"]),
-                    )  # type: ignore[call-overload]
-                    samples.setdefault((rtt, s["label"]), []).append(result)
-                print(f"rtt {rtt} ms: round {round_number + 1}/{rounds} done", file=sys.stderr)
-    report = []
-    for (rtt, label), runs in samples.items():
-        report.append({"rtt_ms": rtt, "client": label, **summarise(runs), "runs": runs})
+                for s in plan:
+                    if (s.rtt_ms, s.chunking) == (rtt, chunking):
+                        result = run_client(s.kind, port, s.count, s.connections)
+                        samples.setdefault((rtt, s.label), []).append(result)
+                sink_name = "BDAT sink" if chunking else "smtp-sink"
+                print(
+                    f"rtt {rtt:g} ms, {sink_name}: round {round_number + 1}/{rounds} done",
+                    file=sys.stderr,
+                )
+    order = [s.label for s in scenarios(quick=True)]
+    report: list[dict[str, Any]] = [
+        {"rtt_ms": rtt, "client": label, **summarise(runs), "runs": runs}
+        for (rtt, label), runs in sorted(
+            samples.items(), key=lambda item: (item[0][0], order.index(item[0][1]))
+        )
+    ]
     print_table(report)
     path = Path(args.json)
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -251,14 +286,14 @@ def machine() -> dict[str, object]:
     }
 
 
-def print_table(report: list[dict[str, object]]) -> None:
-    for rtt in sorted({r["rtt_ms"] for r in report}):  # type: ignore[type-var]
+def print_table(report: list[dict[str, Any]]) -> None:
+    for rtt in sorted({r["rtt_ms"] for r in report}):
         rows = [r for r in report if r["rtt_ms"] == rtt]
         ours = next((r for r in rows if r["client"] == "smtppool pool"), None)
-        print(f"\nRTT {rtt} ms (medians, min-max; ratio = smtppool pool / client)")
-        print(f"{'client':<26}{'msgs/s':>9}{'min-max':>17}{'CPU ms/msg':>12}{'ratio':>8}")
+        print(f"\nRTT {rtt:g} ms (medians, min-max; ratio = smtppool pool / client)")
+        print(f"{'client':<28}{'msgs/s':>9}{'min-max':>17}{'CPU ms/msg':>12}{'ratio':>8}")
         for r in rows:
-            ratio = f"{ours['rate'] / r['rate']:.2f}" if ours else "-"  # type: ignore[operator]
+            ratio = f"{ours['rate'] / r['rate']:.2f}" if ours else "-"
             span = f"{r['rate_min']:.0f}-{r['rate_max']:.0f}"
             print(
                 f"{r['client']:<26}{r['rate']:>9.0f}{span:>17}{r['cpu_ms_per_msg']:>12.3f}"

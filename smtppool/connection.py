@@ -11,6 +11,7 @@ from __future__ import annotations
 import contextlib
 import functools
 import ipaddress
+import itertools
 import logging
 import select
 import socket
@@ -517,10 +518,21 @@ class SMTPConnection:
             eight_bit=env.use_8bit_mime or source.eight_bit,
         )
         n = len(env.rcpt_to)
+        chunks = source.chunks
+        one_chunk: bytes | None = None  # a whole message that fits in one BDAT LAST
+        if pipelining and chunking:
+            first = next(chunks, b"")
+            second = next(chunks, None)
+            if second is None:
+                one_chunk = first
+            else:
+                chunks = itertools.chain((first, second), chunks)
         if pipelining:
             batch = [mail, *(p.rcpt(r, dsn=env.dsn) for r in env.rcpt_to)]
             if not chunking:
                 batch.append(p.data())
+            if one_chunk is not None:  # MAIL, RCPT and the whole message: one round trip
+                return self._send_in_one_write(env, batch, one_chunk)
             self._write(b"".join(batch))
             replies = [self._read_reply() for _ in batch]
         else:
@@ -529,6 +541,30 @@ class SMTPConnection:
                 replies += [self._command(p.rcpt(r, dsn=env.dsn)) for r in env.rcpt_to]
         mail_reply, rcpt_replies = replies[0], replies[1 : n + 1]
         data_reply = replies[n + 1] if len(replies) > n + 1 else None
+        accepted, rejected, errors, responses, failure = self._judge_envelope(
+            env, mail_reply, rcpt_replies
+        )
+        if failure is not None:
+            if data_reply is not None and data_reply.code == 354:
+                self._write(p.end_data())  # RFC 2920 §3.1: an accepted DATA must be closed
+                self._read_reply()
+            self._abort()
+            raise failure
+        if chunking:
+            finals = self._send_chunks(chunks, len(accepted))
+        else:
+            if data_reply is None:
+                data_reply = self._command(p.data())
+            if data_reply.code != 354:
+                self._abort()
+                raise MessageError.from_reply(data_reply, "DATA refused")
+            finals = self._send_data(source, len(accepted))
+        return self._outcome(env, accepted, rejected, errors, responses, finals)
+
+    def _judge_envelope(
+        self, env: Envelope, mail_reply: Reply, rcpt_replies: list[Reply]
+    ) -> tuple[list[str], list[str], list[SMTPError], dict[str, str], SMTPError | None]:
+        """Sort recipients by their replies; the failure, if the transaction cannot go on."""
         accepted: list[str] = []
         rejected: list[str] = []
         errors: list[SMTPError] = []
@@ -545,21 +581,24 @@ class SMTPConnection:
             failure = EnvelopeError.from_reply(mail_reply, f"sender <{env.mail_from}> refused")
         elif not accepted:
             failure = EnvelopeError.from_reply(rcpt_replies[-1], "every recipient was refused")
-        if failure is not None:
-            if data_reply is not None and data_reply.code == 354:
-                self._write(p.end_data())  # RFC 2920 §3.1: an accepted DATA must be closed
-                self._read_reply()
+        return accepted, rejected, errors, responses, failure
+
+    def _send_in_one_write(self, env: Envelope, batch: list[bytes], chunk: bytes) -> SendResult:
+        """MAIL, RCPT... and ``BDAT n LAST`` with the whole message in a single write.
+
+        The end of the data leaves with the first write, so from then on a lost
+        connection leaves the outcome unknown (as after DATA's final dot).
+        """
+        with self._after_end_of_data():
+            self._stream(b"".join([*batch, self._protocol.bdat(chunk, last=True)]))
+            replies = [self._read_reply() for _ in range(len(env.rcpt_to) + 1)]
+            accepted, rejected, errors, responses, failure = self._judge_envelope(
+                env, replies[0], replies[1:]
+            )
+            finals = self._read_verdicts(len(accepted))
+        if failure is not None:  # no transaction took the BDAT, which was refused too
             self._abort()
             raise failure
-        if chunking:
-            finals = self._send_chunks(source, len(accepted))
-        else:
-            if data_reply is None:
-                data_reply = self._command(p.data())
-            if data_reply.code != 354:
-                self._abort()
-                raise MessageError.from_reply(data_reply, "DATA refused")
-            finals = self._send_data(source, len(accepted))
         return self._outcome(env, accepted, rejected, errors, responses, finals)
 
     def _abort(self) -> None:
@@ -586,11 +625,11 @@ class SMTPConnection:
             held = p.send_data(chunk)
         return self._finish(held + p.end_data(), accepted)
 
-    def _send_chunks(self, source: MessageSource, accepted: int) -> list[Reply]:
+    def _send_chunks(self, chunks: Iterator[bytes], accepted: int) -> list[Reply]:
         """BDAT (CHUNKING): each chunk announced with its size, the last one with LAST."""
         p = self._protocol
-        chunk = next(source.chunks, b"")
-        for following in source.chunks:
+        chunk = next(chunks, b"")
+        for following in chunks:
             self._stream(p.bdat(chunk))
             reply = self._read_reply()
             if not reply.is_positive:
@@ -599,22 +638,31 @@ class SMTPConnection:
             chunk = following
         return self._finish(p.bdat(chunk, last=True), accepted)
 
-    def _finish(self, end: bytes, accepted: int) -> list[Reply]:
-        """Send the end of the data and read the verdict (one per recipient under LMTP).
+    @contextlib.contextmanager
+    def _after_end_of_data(self) -> Iterator[None]:
+        """A connection lost in here, with no verdict, may have delivered the message.
 
-        A connection lost from here on leaves the outcome unknown; when the final write
-        itself fails part-way that is conservative (the terminator may not have gone).
-        """
+        When the write of the end itself fails part-way this is conservative: the
+        terminator may not have left."""
         try:
-            self._stream(end)
-            count = accepted if self.options.lmtp else 1
-            return [
-                self._read_reply(doing="waiting for the reply to the message") for _ in range(count)
-            ]
+            yield
         except (ConnectError, SMTPTimeoutError) as exc:
-            if exc.response_code is None:  # lost without a verdict: it may have been accepted
+            if exc.response_code is None:
                 exc.delivery_unknown = True
             raise
+
+    def _read_verdicts(self, accepted: int) -> list[Reply]:
+        """The reply to the end of the data: one per accepted recipient under LMTP."""
+        count = max(accepted, 1) if self.options.lmtp else 1
+        return [
+            self._read_reply(doing="waiting for the reply to the message") for _ in range(count)
+        ]
+
+    def _finish(self, end: bytes, accepted: int) -> list[Reply]:
+        """Send the end of the data and read the verdict."""
+        with self._after_end_of_data():
+            self._stream(end)
+            return self._read_verdicts(accepted)
 
     def _outcome(
         self,

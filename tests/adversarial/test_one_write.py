@@ -1,0 +1,84 @@
+"""CHUNKING + PIPELINING: MAIL, RCPT and BDAT LAST with the message, in one write."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import pytest
+
+from smtppool import ConnectError, Envelope, EnvelopeError, SMTPConnection
+from smtppool.protocol import State
+from smtppool.sink import Sink
+
+from ..servers import ScriptedServer, close, expect, expect_eof, hello, send
+
+Scripted = Callable[..., ScriptedServer]
+BODY = b"hello\r\n"
+ONE_WRITE = [
+    *hello("PIPELINING", "CHUNKING"),
+    expect(b"MAIL FROM:<a@x.org>"),
+    expect(b"RCPT TO:<b@x.org>"),
+    expect(b"BDAT 7 LAST"),
+    expect(b"hello"),
+]
+
+
+def client(server: ScriptedServer) -> SMTPConnection:
+    conn = SMTPConnection(host=server.host, port=server.port, socket_timeout=5)
+    conn.connect()
+    return conn
+
+
+def test_whole_transaction_before_any_reply(scripted: Scripted) -> None:
+    """The server reads everything before answering: one round trip per message."""
+    server = scripted(
+        [
+            *ONE_WRITE,
+            send(b"250 2.1.0 ok\r\n250 2.1.5 ok\r\n250 2.0.0 queued\r\n"),
+            expect(b"QUIT"),
+            send(b"221 bye\r\n"),
+        ]
+    )
+    conn = client(server)
+    result = conn.send(Envelope("a@x.org", "b@x.org"), BODY)
+    assert result.response == "250 2.0.0 queued" and result.accepted == ["b@x.org"]
+    conn.quit()
+
+
+def test_loss_after_the_single_write_is_delivery_unknown(scripted: Scripted) -> None:
+    server = scripted([*ONE_WRITE, close()])
+    conn = client(server)
+    with pytest.raises(ConnectError) as info:
+        conn.send(Envelope("a@x.org", "b@x.org"), BODY)
+    assert info.value.delivery_unknown and not conn.is_connected
+
+
+def test_refused_recipients_reset_the_session(scripted: Scripted) -> None:
+    server = scripted(
+        [
+            *ONE_WRITE,
+            send(b"250 ok\r\n550 5.1.1 no such user\r\n554 5.5.1 no valid recipients\r\n"),
+            expect(b"RSET"),
+            send(b"250 reset\r\n"),
+            expect_eof(),
+        ]
+    )
+    conn = client(server)
+    with pytest.raises(EnvelopeError, match="every recipient was refused") as info:
+        conn.send(Envelope("a@x.org", "b@x.org"), BODY)
+    assert info.value.response_code == 550 and not info.value.delivery_unknown
+    assert conn.state is State.READY and conn.is_connected
+    conn.close()
+
+
+def test_lmtp_verdicts_in_one_write(smtpd: Callable[..., Sink]) -> None:
+    sink = smtpd(
+        lmtp=True, extensions=["PIPELINING", "CHUNKING"], reject_recipients=["ghost@x.org"]
+    )
+    with SMTPConnection(host=sink.host, port=sink.port, lmtp=True) as conn:
+        result = conn.send(Envelope("a@x.org", ["b@x.org", "ghost@x.org", "c@x.org"]), BODY)
+        assert result.accepted == ["b@x.org", "c@x.org"] and result.rejected == ["ghost@x.org"]
+        assert result.recipient_responses["c@x.org"].startswith("250 2.0.0 <c@x.org>")
+        conn.send(Envelope("a@x.org", "b@x.org"), BODY)  # the session is in step
+    assert [m.transfer for m in sink.messages] == ["BDAT", "BDAT"]
+    assert sink.messages[0].data == BODY
