@@ -18,7 +18,7 @@ import socket
 import ssl
 import threading
 import time
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from types import TracebackType
 from typing import Any, NoReturn
 
@@ -501,22 +501,31 @@ class SMTPConnection:
         )
         return result
 
-    def _transaction(self, env: Envelope, source: MessageSource) -> SendResult:
-        ext, p = self.extensions, self._protocol
+    def _mail_command(self, env: Envelope, source: MessageSource) -> bytes:
+        """MAIL FROM with its parameters, after the checks that need no round trip.
+
+        :raises EnvelopeError: an address needs SMTPUTF8, which the server lacks.
+        :raises MessageError: the message is larger than the server's SIZE.
+        """
+        ext = self.extensions
         smtputf8 = env.is_international
         if smtputf8 and "SMTPUTF8" not in ext:
             raise EnvelopeError("an address is not ASCII and the server does not offer SMTPUTF8")
         size = env.size if env.size is not None else source.size
         if size is not None and ext.size is not None and size > ext.size:
             raise MessageError(f"message is {size} bytes; the server accepts at most {ext.size}")
-        pipelining, chunking = "PIPELINING" in ext, "CHUNKING" in ext
-        mail = p.mail(
+        return self._protocol.mail(
             env.mail_from,
             size=size,
             smtputf8=smtputf8,
             dsn=env.dsn,
             eight_bit=env.use_8bit_mime or source.eight_bit,
         )
+
+    def _transaction(self, env: Envelope, source: MessageSource) -> SendResult:
+        ext, p = self.extensions, self._protocol
+        pipelining, chunking = "PIPELINING" in ext, "CHUNKING" in ext
+        mail = self._mail_command(env, source)
         n = len(env.rcpt_to)
         chunks = source.chunks
         one_chunk: bytes | None = None  # a whole message that fits in one BDAT LAST
@@ -687,6 +696,143 @@ class SMTPConnection:
         if not accepted:
             raise MessageError.from_reply(finals[-1], "message refused for every recipient")
         return SendResult(accepted, rejected, errors, str(finals[-1]), env, responses)
+
+    # -- pipelining across transactions --------------------------------------------------
+
+    def send_stream(
+        self,
+        first: tuple[Envelope | Mapping[str, Any], MessageInput],
+        more: Callable[[], tuple[Envelope | Mapping[str, Any], MessageInput] | None],
+    ) -> Iterator[SendResult | SMTPError]:
+        """Send ``first``, then each message ``more()`` returns until it returns None,
+        yielding one outcome per message in order.
+
+        On a PIPELINING server using DATA, each message's content and end of data go out
+        in the same write as the next message's MAIL, RCPT and DATA (RFC 2920 lets the
+        content transfer open a group): one write and one round trip per message.  Other
+        servers get one :meth:`send` at a time.  ``more()`` is called only when the next
+        message can be sent, and never after an outcome that closed the connection; the
+        message announced behind a lost end of data comes back as a ConnectError without
+        ``delivery_unknown`` (its data never left), so it may be retried.
+        """
+        ext = self.extensions
+        if "PIPELINING" not in ext or "CHUNKING" in ext or self.options.lmtp:
+            item: tuple[Envelope | Mapping[str, Any], MessageInput] | None = first
+            while item is not None:
+                try:
+                    yield self.send(*item)
+                except SMTPError as exc:
+                    yield exc
+                    if not self.is_connected:
+                        return
+                item = more()
+            return
+        yield from self._pipeline(first, more)
+
+    def _announce(
+        self, item: tuple[Envelope | Mapping[str, Any], MessageInput]
+    ) -> tuple[Envelope, MessageSource, bytes]:
+        """The envelope, content source and MAIL/RCPT/DATA bytes for the next message."""
+        env = Envelope.coerce(item[0])
+        source = prepare_message(item[1], international=env.is_international)
+        p = self._protocol
+        commands = self._mail_command(env, source)
+        commands += b"".join(p.rcpt(r, dsn=env.dsn) for r in env.rcpt_to) + p.data()
+        return env, source, commands
+
+    def _pipeline(
+        self,
+        first: tuple[Envelope | Mapping[str, Any], MessageInput],
+        more: Callable[[], tuple[Envelope | Mapping[str, Any], MessageInput] | None],
+    ) -> Iterator[SendResult | SMTPError]:
+        refused: list[SMTPError] = []  # refused by checks that need no reply
+
+        def prepare(
+            item: tuple[Any, MessageInput] | None,
+        ) -> tuple[Envelope, MessageSource, bytes] | None:
+            while item is not None:
+                try:
+                    return self._announce(item)
+                except (EnvelopeError, MessageError) as exc:
+                    refused.append(exc)
+                    item = more()
+            return None
+
+        with self._guard("sending messages"):
+            self._require(State.READY)
+            current = prepare(first)
+            if current is not None:
+                self._write(current[2])
+        following: list[tuple[Envelope, MessageSource, bytes]] = []  # announced behind this one
+
+        def announce() -> bytes:
+            prepared = prepare(more())
+            if prepared is None:
+                return b""
+            following.append(prepared)
+            return prepared[2]
+
+        while True:
+            yield from refused
+            refused.clear()
+            if current is None:
+                return
+            env, source, _ = current
+            following.clear()
+
+            try:
+                result = self._stream_transaction(env, source, announce)
+            except SMTPError as exc:
+                if isinstance(exc, _FATAL):
+                    self.close()
+                yield exc
+                if not self.is_connected:
+                    yield from refused
+                    if following:  # its commands went out, its data never did
+                        yield ConnectError("connection lost before this message was sent")
+                    return
+                if following:  # refused at the end of data: the next one is under way
+                    current = following[0]
+                    continue
+                with self._guard("sending messages"):  # refused before its data
+                    current = prepare(more())
+                    if current is not None:
+                        self._write(current[2])
+                continue
+            except BaseException:
+                self.close()
+                raise
+            self.messages_sent += 1
+            yield result
+            current = following[0] if following else None
+
+    def _stream_transaction(
+        self, env: Envelope, source: MessageSource, announce: Callable[[], bytes]
+    ) -> SendResult:
+        """One message whose MAIL, RCPT and DATA are already written; the next message's
+        (from ``announce()``) leave in the same write as this one's end of data."""
+        p = self._protocol
+        n = len(env.rcpt_to)
+        replies = [self._read_reply() for _ in range(n + 2)]
+        accepted, rejected, errors, responses, failure = self._judge_envelope(
+            env, replies[0], replies[1 : n + 1]
+        )
+        data_reply = replies[n + 1]
+        if failure is None and data_reply.code != 354:
+            failure = MessageError.from_reply(data_reply, "DATA refused")
+        if failure is not None:
+            if data_reply.code == 354:
+                self._write(p.end_data())  # RFC 2920 §3.1: an accepted DATA must be closed
+                self._read_reply()
+            self._abort()
+            raise failure
+        held = b""
+        for chunk in source.chunks:
+            self._stream(held)
+            held = p.send_data(chunk)
+        end = held + p.end_data()
+        finals = self._finish(end + announce(), len(accepted))
+        return self._outcome(env, accepted, rejected, errors, responses, finals)
 
     # -- reuse ---------------------------------------------------------------------------
 

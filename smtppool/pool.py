@@ -103,7 +103,9 @@ class _Job:
     envelope: Envelope
     future: Future[SendResult] = field(default_factory=Future)
     started: bool = False
-    dropped: bool = False
+    retries_used: int = 0
+    stale_allowance: int = 1  # a reused connection found dead costs no retry
+    backoff: float = 0.0  # seconds to wait before the next attempt
 
 
 def _prepare(
@@ -172,6 +174,8 @@ class SMTPPool:
             self._idle.put(None)
         self._limiter = RateLimiter(opts.rate_limit, opts.rate_delta)
         self._jobs: set[_Job] = set()
+        self._waiting: deque[_Job] = deque()  # submitted and not yet started, in order
+        self._workers = 0  # worker loops running (at most max_connections)
         self._closed = False
         self._queued = self._in_flight = self._busy = 0
         self._counts = dict.fromkeys(
@@ -210,8 +214,13 @@ class SMTPPool:
             if self._closed:
                 raise PoolClosedError("the pool is closed")
             self._jobs.add(job)
+            self._waiting.append(job)
             self._queued += 1
-        self._executor.submit(self._run, job)
+            spawn = self._workers < self.options.max_connections
+            if spawn:
+                self._workers += 1
+        if spawn:
+            self._executor.submit(self._work_loop)
         return job.future
 
     def send(
@@ -288,11 +297,12 @@ class SMTPPool:
             raise RuntimeError("close(wait=True) from a pool thread would wait for itself")
         with self._lock:
             self._closed = True
-            dropped = [job for job in self._jobs if not job.started and not job.dropped]
+            dropped: list[_Job] = []
             if not wait:
-                for job in dropped:
-                    job.dropped = True
+                dropped, self._waiting = list(self._waiting), deque()
                 self._queued -= len(dropped)
+                for job in dropped:
+                    self._jobs.discard(job)
         if wait:
             self._executor.shutdown(wait=True)
         else:
@@ -318,67 +328,138 @@ class SMTPPool:
 
     # -- the worker --------------------------------------------------------------------
 
-    def _run(self, job: _Job) -> None:
+    def _work_loop(self) -> None:
+        """A worker: send waiting messages until there are none, then end."""
         _worker.active = True
-        with self._lock:
-            if job.dropped:
-                return
-            job.started = True
-            self._queued -= 1
-            self._in_flight += 1
-        try:
-            if job.future.set_running_or_notify_cancel():
-                try:
-                    result = self._deliver(job)
-                except BaseException as exc:  # every future completes, whatever happened
-                    self._count("failed")
-                    _settle(job.future, exception=exc)
-                else:
-                    self._count("sent")
-                    _settle(job.future, result=result)
-        finally:
-            with self._lock:
-                self._in_flight -= 1
-                self._jobs.discard(job)
-                has_capacity = self._queued + self._in_flight < self.options.max_connections
-            if has_capacity and self.options.on_idle is not None:
-                try:
-                    self.options.on_idle()
-                except Exception:
-                    self._log.exception("on_idle callback failed")
-
-    def _deliver(self, job: _Job) -> SendResult:
-        retries_used = 0
-        stale_allowance = 1  # a reused connection found dead costs no retry
         while True:
-            slot = self._checkout()
-            connection = slot.connection if slot is not None else None
-            reused = connection is not None
-            try:
-                if connection is None:
-                    connection = self._open()
-                self._limiter.acquire()
-                result = connection.send(job.envelope, job.payload.attempt())
-            except SMTPError as exc:
-                if _is_throttling(exc):
-                    self._throttle(exc)
-                if not (_is_retryable(exc) and job.payload.replayable and not self._cooling()):
-                    raise
-                if reused and stale_allowance:
-                    stale_allowance -= 1
-                elif retries_used < self.options.retries:
-                    retries_used += 1
-                    time.sleep(min(RETRY_BACKOFF * 2 ** (retries_used - 1), MAX_RETRY_BACKOFF))
-                else:
-                    raise
-                self._count("retried")
-                self._log.info("retrying a message after %s: %s", exc.code, exc.message)
+            with self._lock:
+                job = self._take_next()
+                if job is None:  # checked and given up under one lock: nothing is stranded
+                    self._workers -= 1
+                    return
+            if not job.future.set_running_or_notify_cancel():  # cancelled while queued
+                self._release(job)
                 continue
-            finally:
-                self._checkin(connection)
+            todo = deque([job])
+            while todo:  # retries stay with this worker, which works while close() drains too
+                job = todo.popleft()
+                time.sleep(job.backoff)
+                todo.extend(self._work(job))
+
+    def _take_next(self) -> _Job | None:
+        """Start the oldest waiting message (caller holds the lock)."""
+        if not self._waiting:
+            return None
+        job = self._waiting.popleft()
+        job.started = True
+        self._queued -= 1
+        self._in_flight += 1
+        return job
+
+    def _steal(
+        self, connection: SMTPConnection, handed: deque[_Job]
+    ) -> tuple[Envelope, MessageInput] | None:
+        """The next waiting message, for a worker whose connection can pipeline it now."""
+        opts = self.options
+        if connection.messages_sent + len(handed) >= opts.max_messages:
+            return None
+        started = connection.connected_at
+        if opts.connection_ttl is not None and started is not None:
+            if time.monotonic() - started >= opts.connection_ttl:
+                return None
+        while True:
+            with self._lock:
+                job = self._take_next()
+            if job is None:
+                return None
+            try:
+                allowed = self._limiter.acquire(timeout=0)
+            except PoolClosedError:
+                allowed = False
+            if not allowed:  # it must wait its turn: leave it for a worker that can
+                with self._lock:
+                    job.started = False
+                    self._queued += 1
+                    self._in_flight -= 1
+                    self._waiting.appendleft(job)
+                return None
+            if job.future.set_running_or_notify_cancel():
+                handed.append(job)
+                return job.envelope, job.payload.attempt()
+            self._release(job)
+
+    def _work(self, job: _Job) -> list[_Job]:
+        """Send ``job`` (and whatever the connection can pipeline behind it) on one
+        connection; return the jobs to try again."""
+        slot = self._checkout()
+        connection = slot.connection if slot is not None else None
+        reused = connection is not None
+        handed: deque[_Job] = deque([job])
+        retry: list[_Job] = []
+        try:
+            if connection is None:
+                connection = self._open()
+            self._limiter.acquire()
+            carrier = connection
+            stream = carrier.send_stream(
+                (job.envelope, job.payload.attempt()), lambda: self._steal(carrier, handed)
+            )
+            for outcome in stream:
+                self._conclude(handed.popleft(), outcome, reused, retry)
+        except BaseException as exc:  # every handed message learns its fate, whatever happened
+            while handed:
+                self._conclude(handed.popleft(), exc, reused, retry)
+        finally:
+            self._checkin(connection)
+        return retry
+
+    def _conclude(
+        self, job: _Job, outcome: SendResult | BaseException, reused: bool, retry: list[_Job]
+    ) -> None:
+        """Settle a message, or put it in ``retry`` when the failure proves it was not taken."""
+        if isinstance(outcome, SendResult):
             with self._lock:
                 self._throttle_pause = THROTTLE_PAUSE
-            return result
+            self._count("sent")
+            _settle(job.future, result=outcome)
+            self._release(job)
+            return
+        if isinstance(outcome, SMTPError):
+            if _is_throttling(outcome):
+                self._throttle(outcome)
+            if _is_retryable(outcome) and job.payload.replayable and not self._cooling():
+                backoff = self._next_backoff(job, reused)
+                if backoff is not None:
+                    job.backoff = backoff
+                    self._count("retried")
+                    self._log.info("retrying a message after %s: %s", outcome.code, outcome.message)
+                    retry.append(job)
+                    return
+        self._count("failed")
+        _settle(job.future, exception=outcome)
+        self._release(job)
+
+    def _next_backoff(self, job: _Job, reused: bool) -> float | None:
+        """Seconds to wait before retrying ``job``, or None when its retries are spent."""
+        if reused and job.stale_allowance:
+            job.stale_allowance -= 1
+            return 0.0
+        if job.retries_used < self.options.retries:
+            job.retries_used += 1
+            return float(min(RETRY_BACKOFF * 2 ** (job.retries_used - 1), MAX_RETRY_BACKOFF))
+        return None
+
+    def _release(self, job: _Job) -> None:
+        """A started job is finished: free its slot, and tell on_idle."""
+        with self._lock:
+            self._in_flight -= 1
+            self._jobs.discard(job)
+            has_capacity = self._queued + self._in_flight < self.options.max_connections
+        if has_capacity and self.options.on_idle is not None:
+            try:
+                self.options.on_idle()
+            except Exception:
+                self._log.exception("on_idle callback failed")
 
     # -- connections -------------------------------------------------------------------
 

@@ -160,7 +160,10 @@ def test_is_idle_and_on_idle(make_pool: Callable[..., SMTPPool]) -> None:
         for future in futures:
             future.result(timeout=10)
         assert pool.is_idle() and len(calls) == 3  # once per freed slot
-        assert "in flight 0, queued 0 | connections 0 busy, 3 idle" in repr(pool)
+        # futures complete when their reply is read, just before the connection is put back
+        assert wait_until(
+            lambda: "in flight 0, queued 0 | connections 0 busy, 3 idle" in repr(pool)
+        )
     finally:
         sink.stop()
 
@@ -575,3 +578,32 @@ def test_from_url_sends(smtpd: SinkFactory) -> None:
         assert pool.options.max_messages == 7
         pool.send(RAW)
     assert sink.auth_attempts == [("CRAM-MD5", "u@x.org", True)] and len(sink.messages) == 1
+
+
+def test_queued_messages_are_pipelined_behind_each_other(
+    scripted: Callable[..., ScriptedServer], make_pool: Callable[..., SMTPPool]
+) -> None:
+    from ..servers import expect, expect_eof, hello
+
+    envelope_sent = [expect(b"MAIL"), expect(b"RCPT"), expect(b"DATA")]
+    server = scripted(
+        [
+            *hello("PIPELINING"),
+            *envelope_sent,
+            send(b"250 ok\r\n250 ok\r\n354 go\r\n"),
+            expect_data(),
+            *envelope_sent,  # the second arrives before any verdict
+            send(b"250 queued 1\r\n250 ok\r\n250 ok\r\n354 go\r\n"),
+            expect_data(),
+            send(b"250 queued 2\r\n"),
+            expect(b"QUIT"),
+            send(b"221 bye\r\n"),
+            expect_eof(),
+        ]
+    )
+    pool = make_pool(server, max_connections=1)
+    first, second = pool.submit(RAW), pool.submit(RAW)  # queued while the worker dials
+    assert first.result(10).response == "250 queued 1"
+    assert second.result(10).response == "250 queued 2"
+    pool.close()
+    assert pool.stats()["connections_opened"] == 1
