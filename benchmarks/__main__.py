@@ -214,8 +214,8 @@ def scenarios(quick: bool) -> list[Scenario]:
     result = []
     for rtt in [0, 20] if quick else [0, 5, 20, 80]:
         for label, kind, conns, chunking in CLIENTS:
-            if rtt:
-                count = max(int(2000 / (rtt * 4)), 10) * (2 if conns > 1 else 1)
+            if rtt:  # enough per connection that dialling and EHLO do not dominate
+                count = max(int(1600 / rtt), 10) * conns
             else:
                 count = 3000 if quick else 10000
             result.append(Scenario(rtt, label, kind, conns, count, chunking))

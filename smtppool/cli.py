@@ -280,7 +280,7 @@ def _demo_message(index: int) -> EmailMessage:
 def _demo(args: argparse.Namespace) -> int:
     from .sink import Sink
 
-    with Sink() as sink:
+    with Sink(extensions=["PIPELINING"]) as sink:
         print(f"sink listening on {sink.host}:{sink.port}")
         sent = failed = 0
         start = time.monotonic()

@@ -29,6 +29,21 @@ def usage() -> None:
         print(accepted, errors, result.response, conn.extensions.size, conn.secure)
         conn.send({"from": "a@example.com", "to": "b@example.com"}, b"raw bytes")
         conn.send({"from": "a@example.com", "to": "b@example.com"}, open("m.eml", "rb"))
+    stream = conn.send_stream(
+        ({"from": "a@example.com", "to": "b@example.com"}, b"one"), lambda: None
+    )
+    for outcome in stream:
+        if isinstance(outcome, smtppool.SMTPError):
+            print(outcome.delivery_unknown)
+        else:
+            print(outcome.response)
+    pool = smtppool.SMTPPool(options=smtppool.Options(host="localhost"), max_connections=2)
+    future = pool.submit(message)
+    result = future.result()
+    for item in pool.send_many([message, (b"raw", smtppool.Envelope("a@x.org", "b@x.org"))]):
+        print(item)
+    stats: dict[str, int] = pool.stats()
+    print(result, stats, pool.is_idle(), pool.verify())
     oauth = smtppool.OAuth2(user="a@example.com", access_token="token")
     smtppool.SMTPConnection(host="smtp.gmail.com", secure=True, auth=oauth, auth_method="XOAUTH2")
     try:
