@@ -14,6 +14,9 @@ import threading
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from typing import Any
+
+from smtppool import SMTPConnection
 
 STEP_TIMEOUT = 10.0
 
@@ -164,6 +167,34 @@ def up_to_data(*extensions: str) -> list[Step]:
         send(b"250 ok\r\n"),
         expect(b"DATA"),
     ]
+
+
+def two_pipelined_messages() -> list[Step]:
+    """Two transactions where the second's MAIL, RCPT and DATA must arrive with the first's
+    end of data, before the server has said anything about the first message."""
+    envelope_sent = [expect(b"MAIL"), expect(b"RCPT"), expect(b"DATA")]
+    return [
+        *hello("PIPELINING"),
+        *envelope_sent,
+        send(b"250 ok\r\n250 ok\r\n354 go\r\n"),
+        expect_data(),
+        *envelope_sent,
+        send(b"250 queued 1\r\n250 ok\r\n250 ok\r\n354 go\r\n"),
+        expect_data(),
+        send(b"250 queued 2\r\n"),
+        expect(b"QUIT"),
+        send(b"221 bye\r\n"),
+    ]
+
+
+def client_for(server: ScriptedServer, *, connect: bool = False, **options: Any) -> SMTPConnection:
+    """An SMTPConnection to ``server`` with short timeouts, optionally connected."""
+    conn = SMTPConnection(
+        host=server.host, port=server.port, socket_timeout=5, greeting_timeout=5, **options
+    )
+    if connect:
+        conn.connect()
+    return conn
 
 
 class ScriptedServer:

@@ -8,7 +8,16 @@ import pytest
 
 from smtppool import ConnectError, Envelope, SMTPConnection
 
-from ..servers import ScriptedServer, close, expect, expect_data, hello, send, up_to_data
+from ..servers import (
+    ScriptedServer,
+    client_for,
+    close,
+    expect,
+    expect_data,
+    hello,
+    send,
+    up_to_data,
+)
 
 Scripted = Callable[..., ScriptedServer]
 ENVELOPE = Envelope("a@x.org", "b@x.org")
@@ -16,7 +25,7 @@ UP_TO_DATA = up_to_data()
 
 
 def client(server: ScriptedServer) -> SMTPConnection:
-    return SMTPConnection(host=server.host, port=server.port, socket_timeout=5, greeting_timeout=5)
+    return client_for(server)
 
 
 @pytest.mark.parametrize(

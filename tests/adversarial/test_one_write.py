@@ -10,7 +10,7 @@ from smtppool import ConnectError, Envelope, EnvelopeError, SMTPConnection
 from smtppool.protocol import State
 from smtppool.sink import Sink
 
-from ..servers import ScriptedServer, close, expect, expect_eof, hello, send
+from ..servers import ScriptedServer, client_for, close, expect, expect_eof, hello, send
 
 Scripted = Callable[..., ScriptedServer]
 BODY = b"hello\r\n"
@@ -24,9 +24,7 @@ ONE_WRITE = [
 
 
 def client(server: ScriptedServer) -> SMTPConnection:
-    conn = SMTPConnection(host=server.host, port=server.port, socket_timeout=5)
-    conn.connect()
-    return conn
+    return client_for(server, connect=True)
 
 
 def test_whole_transaction_before_any_reply(scripted: Scripted) -> None:

@@ -8,7 +8,17 @@ from typing import Any
 from smtppool import ConnectError, Envelope, EnvelopeError, MessageError, SMTPConnection, SMTPError
 from smtppool.sink import Sink
 
-from ..servers import ScriptedServer, close, expect, expect_data, expect_eof, hello, send
+from ..servers import (
+    ScriptedServer,
+    client_for,
+    close,
+    expect,
+    expect_data,
+    expect_eof,
+    hello,
+    send,
+    two_pipelined_messages,
+)
 
 Scripted = Callable[..., ScriptedServer]
 ENVELOPE_SENT = [expect(b"MAIL"), expect(b"RCPT"), expect(b"DATA")]
@@ -27,27 +37,11 @@ def two() -> list[tuple[Any, bytes]]:
 
 
 def connect(server: ScriptedServer) -> SMTPConnection:
-    conn = SMTPConnection(host=server.host, port=server.port, socket_timeout=5)
-    conn.connect()
-    return conn
+    return client_for(server, connect=True)
 
 
 def test_next_mail_rides_with_the_previous_end_of_data(scripted: Scripted) -> None:
-    server = scripted(
-        [
-            *hello("PIPELINING"),
-            *ENVELOPE_SENT,
-            send(b"250 ok\r\n250 ok\r\n354 go\r\n"),
-            expect_data(),
-            *ENVELOPE_SENT,  # before any verdict for message one
-            send(b"250 queued 1\r\n250 ok\r\n250 ok\r\n354 go\r\n"),
-            expect_data(),
-            send(b"250 queued 2\r\n"),
-            expect(b"QUIT"),
-            send(b"221 bye\r\n"),
-        ]
-    )
-    conn = connect(server)
+    conn = connect(scripted(two_pipelined_messages()))
     outcomes = list(conn.send_stream(*feeder(two())))
     assert [o.response for o in outcomes] == ["250 queued 1", "250 queued 2"]  # type: ignore[union-attr]
     assert conn.messages_sent == 2

@@ -11,6 +11,7 @@ from smtppool import ConnectError, Envelope, ProtocolError, SMTPConnection
 from ..servers import (
     ScriptedServer,
     Step,
+    client_for,
     expect,
     expect_data,
     expect_eof,
@@ -23,9 +24,7 @@ Scripted = Callable[..., ScriptedServer]
 
 
 def client(server: ScriptedServer, **options: object) -> SMTPConnection:
-    return SMTPConnection(
-        host=server.host, port=server.port, socket_timeout=5, greeting_timeout=5, **options
-    )  # type: ignore[arg-type]
+    return client_for(server, **options)
 
 
 @pytest.mark.parametrize(

@@ -583,24 +583,9 @@ def test_from_url_sends(smtpd: SinkFactory) -> None:
 def test_queued_messages_are_pipelined_behind_each_other(
     scripted: Callable[..., ScriptedServer], make_pool: Callable[..., SMTPPool]
 ) -> None:
-    from ..servers import expect, expect_eof, hello
+    from ..servers import expect_eof, two_pipelined_messages
 
-    envelope_sent = [expect(b"MAIL"), expect(b"RCPT"), expect(b"DATA")]
-    server = scripted(
-        [
-            *hello("PIPELINING"),
-            *envelope_sent,
-            send(b"250 ok\r\n250 ok\r\n354 go\r\n"),
-            expect_data(),
-            *envelope_sent,  # the second arrives before any verdict
-            send(b"250 queued 1\r\n250 ok\r\n250 ok\r\n354 go\r\n"),
-            expect_data(),
-            send(b"250 queued 2\r\n"),
-            expect(b"QUIT"),
-            send(b"221 bye\r\n"),
-            expect_eof(),
-        ]
-    )
+    server = scripted([*two_pipelined_messages(), expect_eof()])
     pool = make_pool(server, max_connections=1)
     first, second = pool.submit(RAW), pool.submit(RAW)  # queued while the worker dials
     assert first.result(10).response == "250 queued 1"
