@@ -102,7 +102,6 @@ class _Job:
     payload: _Payload
     envelope: Envelope
     future: Future[SendResult] = field(default_factory=Future)
-    started: bool = False
     retries_used: int = 0
     stale_allowance: int = 1  # a reused connection found dead costs no retry
     backoff: float = 0.0  # seconds to wait before the next attempt
@@ -351,7 +350,6 @@ class SMTPPool:
         if not self._waiting:
             return None
         job = self._waiting.popleft()
-        job.started = True
         self._queued -= 1
         self._in_flight += 1
         return job
@@ -378,7 +376,6 @@ class SMTPPool:
                 allowed = False
             if not allowed:  # it must wait its turn: leave it for a worker that can
                 with self._lock:
-                    job.started = False
                     self._queued += 1
                     self._in_flight -= 1
                     self._waiting.appendleft(job)
