@@ -212,7 +212,7 @@ CLIENTS = [  # (label, client kind, connections, CHUNKING sink)
 def scenarios(quick: bool) -> list[Scenario]:
     """Every client at every RTT, with message counts sized so each run takes seconds."""
     result = []
-    for rtt in [0, 20] if quick else [0, 5, 20, 80]:
+    for rtt in [0, 20]:
         for label, kind, conns, chunking in CLIENTS:
             if rtt:  # enough per connection that dialling and EHLO do not dominate
                 count = max(int(1600 / rtt), 10) * conns
@@ -235,7 +235,11 @@ def summarise(samples: list[dict[str, float]]) -> dict[str, float]:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m benchmarks", description=__doc__)
-    parser.add_argument("--quick", action="store_true", help="RTT 0 and 20 ms, 3 rounds")
+    parser.add_argument(
+        "--quick",
+        action="store_true",
+        help="only the peer table (RTT 0 and 20 ms); no curves, no docs",
+    )
     parser.add_argument("--rounds", type=int, help="interleaved rounds (default 3 quick, 5 full)")
     parser.add_argument("--json", default=str(HERE / "results" / "latest.json"))
     args = parser.parse_args(argv)
@@ -268,13 +272,56 @@ def main(argv: list[str] | None = None) -> int:
         )
     ]
     print_table(report)
+    results: dict[str, Any] = {"machine": machine(), "rounds": rounds, "results": report}
+    if not args.quick:
+        results["curves"] = curves()
+        print(json.dumps(results["curves"], indent=1))
+        from .report import write_docs
+
+        write_docs(results, HERE.parent / "docs")
+        print(f"wrote {HERE.parent / 'docs' / 'benchmarks.rst'} and its plots")
     path = Path(args.json)
     path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(
-        json.dumps({"machine": machine(), "rounds": rounds, "results": report}, indent=1)
-    )
+    path.write_text(json.dumps(results, indent=1))
     print(f"\nwrote {path}")
     return 0
+
+
+def measure(rtt: float, kind: str, count: int, conns: int) -> dict[str, float]:
+    with sink_and_proxy(rtt) as port:
+        result = run_client(kind, port, count, conns)
+    return {**result, "rate": result["count"] / result["seconds"]}
+
+
+def curves() -> dict[str, Any]:
+    """smtppool pool against connections and RTT, memory, and many callers (one round)."""
+    out: dict[str, Any] = {"connections": [], "rtt": [], "memory": {}, "callers": []}
+    for rtt in (0, 20):
+        for conns in (1, 2, 5, 10, 20):
+            count = 3000 if rtt == 0 else 80 * conns
+            result = measure(rtt, "smtppool-pool", count, conns)
+            out["connections"].append({"rtt_ms": rtt, "connections": conns, "rate": result["rate"]})
+            print(
+                f"curve: rtt {rtt} ms, {conns} connections: {result['rate']:.0f}/s", file=sys.stderr
+            )
+    for rtt in (0, 5, 20, 80):
+        for kind in ("smtppool-pool", "nodemailer"):
+            count = 3000 if rtt == 0 else max(int(1600 / rtt), 10) * 5
+            result = measure(rtt, kind, count, 5)
+            out["rtt"].append({"rtt_ms": rtt, "client": kind, "rate": result["rate"]})
+            print(f"curve: {kind} at rtt {rtt} ms: {result['rate']:.0f}/s", file=sys.stderr)
+    big = measure(0, "big-file", 1024, 1)
+    many = measure(0, "many", 100_000, 5)
+    out["memory"] = {
+        "file_1gb_rss_growth_mb": big["rss_growth_mb"],
+        "file_1gb_seconds": big["seconds"],
+        "send_many_100k_rss_growth_mb": many["rss_growth_mb"],
+        "send_many_100k_rate": many["rate"],
+    }
+    for threads in (5, 1000):
+        result = measure(0, "callers", 20_000, threads)
+        out["callers"].append({"threads": threads, "rate": result["rate"]})
+    return out
 
 
 def machine() -> dict[str, object]:

@@ -106,11 +106,104 @@ def aiosmtplib_conns(port: int, count: int, conns: int) -> Callable[[], None]:
     return lambda: asyncio.run(main())
 
 
+def rss() -> int:
+    with open("/proc/self/statm") as statm:
+        return int(statm.read().split()[1]) * resource.getpagesize()
+
+
+#: Extra measurements a client reports beside its timings.
+EXTRA: dict[str, float] = {}
+
+
+def big_file(port: int, size_mb: int, conns: int) -> Callable[[], None]:
+    """Stream one file of ``size_mb`` MB (the COUNT argument) through a connection."""
+    import os
+    import tempfile
+
+    import smtppool
+
+    path = os.path.join(tempfile.gettempdir(), f"smtppool-bench-{size_mb}mb.eml")
+    if not os.path.exists(path) or os.path.getsize(path) < size_mb * 2**20:
+        line = b"x" * 998 + b"\r\n"
+        with open(path, "wb") as file:
+            file.write(b"Subject: big\r\n\r\n")
+            for _ in range(size_mb * 2**20 // len(line)):
+                file.write(line)
+    connection = smtppool.SMTPConnection(host="127.0.0.1", port=port, name="bench.example.com")
+    connection.connect()
+    envelope = smtppool.Envelope(FROM, TO)
+
+    def run() -> None:
+        before = rss()
+        with open(path, "rb") as file:
+            connection.send(envelope, file)
+        connection.quit()
+        peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+        EXTRA["rss_growth_mb"] = max(peak - before, 0) / 2**20
+
+    return run
+
+
+def many(port: int, count: int, conns: int) -> Callable[[], None]:
+    """send_many over ``count`` messages, reporting RSS growth after the first tenth."""
+    import smtppool
+
+    pool = smtppool.SMTPPool(
+        host="127.0.0.1",
+        port=port,
+        max_connections=conns,
+        max_messages=10**9,
+        name="bench.example.com",
+    )
+    envelope, data = smtppool.Envelope(FROM, TO), message()
+
+    def run() -> None:
+        warm = peak = 0
+        for done, _ in enumerate(pool.send_many((data, envelope) for _ in range(count)), 1):
+            if done == count // 10:
+                warm = peak = rss()
+            elif done % 1000 == 0 and warm:
+                peak = max(peak, rss())
+        pool.close()
+        EXTRA["rss_growth_mb"] = (peak - warm) / 2**20
+
+    return run
+
+
+def callers(port: int, count: int, conns: int) -> Callable[[], None]:
+    """``conns`` threads calling send() at once on a 5-connection pool, ``count`` in all."""
+    import smtppool
+
+    pool = smtppool.SMTPPool(
+        host="127.0.0.1", port=port, max_connections=5, max_messages=10**9, name="bench.example.com"
+    )
+    envelope, data = smtppool.Envelope(FROM, TO), message()
+    pool.send(data, envelope)  # a warm connection before the clock starts
+
+    def caller(n: int) -> None:
+        for _ in range(n):
+            pool.send(data, envelope)
+
+    def run() -> None:
+        share = [count // conns + (i < count % conns) for i in range(conns)]
+        threads = [threading.Thread(target=caller, args=(n,)) for n in share]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join()
+        pool.close()
+
+    return run
+
+
 KINDS = {
     "smtppool-pool": smtppool_pool,
     "smtppool-conn": smtppool_conn,
     "smtplib": smtplib_threads,
     "aiosmtplib": aiosmtplib_conns,
+    "big-file": big_file,
+    "many": many,
+    "callers": callers,
 }
 
 
@@ -120,7 +213,7 @@ def main() -> None:
     cpu_start, wall_start = cpu(), time.perf_counter()
     run()
     wall, used = time.perf_counter() - wall_start, cpu() - cpu_start
-    print(json.dumps({"count": count, "seconds": wall, "cpu_seconds": used}))
+    print(json.dumps({"count": count, "seconds": wall, "cpu_seconds": used, **EXTRA}))
 
 
 if __name__ == "__main__":
