@@ -554,11 +554,7 @@ class SMTPConnection:
             env, mail_reply, rcpt_replies
         )
         if failure is not None:
-            if data_reply is not None and data_reply.code == 354:
-                self._write(p.end_data())  # RFC 2920 §3.1: an accepted DATA must be closed
-                self._read_reply()
-            self._abort()
-            raise failure
+            self._abandon(failure, data_reply)
         if chunking:
             finals = self._send_chunks(chunks, len(accepted))
         else:
@@ -609,6 +605,15 @@ class SMTPConnection:
             self._abort()
             raise failure
         return self._outcome(env, accepted, rejected, errors, responses, finals)
+
+    def _abandon(self, failure: SMTPError, data_reply: Reply | None) -> NoReturn:
+        """Give up a transaction refused before its data: close a DATA the server accepted
+        anyway (RFC 2920 §3.1), reset the session, and raise ``failure``."""
+        if data_reply is not None and data_reply.code == 354:
+            self._write(self._protocol.end_data())
+            self._read_reply()
+        self._abort()
+        raise failure
 
     def _abort(self) -> None:
         """Reset the session after a transaction failed before its data was complete."""
@@ -821,11 +826,7 @@ class SMTPConnection:
         if failure is None and data_reply.code != 354:
             failure = MessageError.from_reply(data_reply, "DATA refused")
         if failure is not None:
-            if data_reply.code == 354:
-                self._write(p.end_data())  # RFC 2920 §3.1: an accepted DATA must be closed
-                self._read_reply()
-            self._abort()
-            raise failure
+            self._abandon(failure, data_reply)
         held = b""
         for chunk in source.chunks:
             self._stream(held)
