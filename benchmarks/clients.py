@@ -14,6 +14,7 @@ import sys
 import threading
 import time
 from collections.abc import Callable
+from typing import Any
 
 FROM, TO = "bench@example.com", "sink@example.com"
 
@@ -30,16 +31,37 @@ def cpu() -> float:
     return usage.ru_utime + usage.ru_stime
 
 
-def smtppool_pool(port: int, count: int, conns: int) -> Callable[[], None]:
+def shares(count: int, parts: int) -> list[int]:
+    """``count`` split into ``parts`` nearly equal whole numbers."""
+    return [count // parts + (i < count % parts) for i in range(parts)]
+
+
+def run_threads(target: Callable[[int], None], counts: list[int]) -> None:
+    """Run ``target(n)`` for each n in its own thread, and wait for them all."""
+    threads = [threading.Thread(target=target, args=(n,)) for n in counts]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+
+
+def bench_pool(port: int, conns: int) -> Any:
+    """The pool every smtppool pool client measures: connections never retired."""
     import smtppool
 
-    pool = smtppool.SMTPPool(
+    return smtppool.SMTPPool(
         host="127.0.0.1",
         port=port,
         max_connections=conns,
         max_messages=10**9,
         name="bench.example.com",
     )
+
+
+def smtppool_pool(port: int, count: int, conns: int) -> Callable[[], None]:
+    import smtppool
+
+    pool = bench_pool(port, conns)
     envelope, data = smtppool.Envelope(FROM, TO), message()
 
     def run() -> None:
@@ -76,15 +98,7 @@ def _smtplib_worker(port: int, count: int) -> None:
 
 
 def smtplib_threads(port: int, count: int, conns: int) -> Callable[[], None]:
-    def run() -> None:
-        share = [count // conns + (i < count % conns) for i in range(conns)]
-        threads = [threading.Thread(target=_smtplib_worker, args=(port, n)) for n in share]
-        for thread in threads:
-            thread.start()
-        for thread in threads:
-            thread.join()
-
-    return run
+    return lambda: run_threads(lambda n: _smtplib_worker(port, n), shares(count, conns))
 
 
 def aiosmtplib_conns(port: int, count: int, conns: int) -> Callable[[], None]:
@@ -101,7 +115,7 @@ def aiosmtplib_conns(port: int, count: int, conns: int) -> Callable[[], None]:
         await client.quit()
 
     async def main() -> None:
-        await asyncio.gather(*(worker(count // conns + (i < count % conns)) for i in range(conns)))
+        await asyncio.gather(*(worker(n) for n in shares(count, conns)))
 
     return lambda: asyncio.run(main())
 
@@ -148,13 +162,7 @@ def many(port: int, count: int, conns: int) -> Callable[[], None]:
     """send_many over ``count`` messages, reporting RSS growth after the first tenth."""
     import smtppool
 
-    pool = smtppool.SMTPPool(
-        host="127.0.0.1",
-        port=port,
-        max_connections=conns,
-        max_messages=10**9,
-        name="bench.example.com",
-    )
+    pool = bench_pool(port, conns)
     envelope, data = smtppool.Envelope(FROM, TO), message()
 
     def run() -> None:
@@ -174,9 +182,7 @@ def callers(port: int, count: int, conns: int) -> Callable[[], None]:
     """``conns`` threads calling send() at once on a 5-connection pool, ``count`` in all."""
     import smtppool
 
-    pool = smtppool.SMTPPool(
-        host="127.0.0.1", port=port, max_connections=5, max_messages=10**9, name="bench.example.com"
-    )
+    pool = bench_pool(port, 5)
     envelope, data = smtppool.Envelope(FROM, TO), message()
     pool.send(data, envelope)  # a warm connection before the clock starts
 
@@ -185,12 +191,7 @@ def callers(port: int, count: int, conns: int) -> Callable[[], None]:
             pool.send(data, envelope)
 
     def run() -> None:
-        share = [count // conns + (i < count % conns) for i in range(conns)]
-        threads = [threading.Thread(target=caller, args=(n,)) for n in share]
-        for thread in threads:
-            thread.start()
-        for thread in threads:
-            thread.join()
+        run_threads(caller, shares(count, conns))
         pool.close()
 
     return run
