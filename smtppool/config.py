@@ -244,7 +244,9 @@ def make_ssl_context(tls: TLSOptions) -> ssl.SSLContext:
     return context
 
 
-_FIELD_NAMES = frozenset(f.name for f in dataclasses.fields(Options))
+#: Each Options field's annotation, as text: what URL option values are coerced to.
+_FIELD_TYPES = {f.name: str(f.type) for f in dataclasses.fields(Options)}
+_FIELD_NAMES = frozenset(_FIELD_TYPES)
 
 # -- well-known services ---------------------------------------------------------------
 
@@ -374,6 +376,3 @@ def parse_url(url: str) -> dict[str, Any]:
     if tls:
         settings["tls"] = tls
     return settings
-
-
-_FIELD_TYPES = {f.name: str(f.type) for f in dataclasses.fields(Options)}

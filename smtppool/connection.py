@@ -631,13 +631,18 @@ class SMTPConnection:
                 self._log.debug("smtp %s content: %r", self.options.host, data)
             self._write(data)
 
-    def _send_data(self, source: MessageSource, accepted: int) -> list[Reply]:
+    def _send_data(
+        self, source: MessageSource, accepted: int, then: Callable[[], bytes] = bytes
+    ) -> list[Reply]:
+        """Stream the content after 354; the last chunk, the terminator and ``then()``
+        (the next transaction's commands, built once this one has ended) share one write."""
         p = self._protocol
-        held = b""  # the last chunk goes out with the terminator: one write fewer
+        held = b""
         for chunk in source.chunks:
             self._stream(held)
             held = p.send_data(chunk)
-        return self._finish(held + p.end_data(), accepted)
+        end = held + p.end_data()
+        return self._finish(end + then(), accepted)
 
     def _send_chunks(self, chunks: Iterator[bytes], accepted: int) -> list[Reply]:
         """BDAT (CHUNKING): each chunk announced with its size, the last one with LAST."""
@@ -816,7 +821,6 @@ class SMTPConnection:
     ) -> SendResult:
         """One message whose MAIL, RCPT and DATA are already written; the next message's
         (from ``announce()``) leave in the same write as this one's end of data."""
-        p = self._protocol
         n = len(env.rcpt_to)
         replies = [self._read_reply() for _ in range(n + 2)]
         accepted, rejected, errors, responses, failure = self._judge_envelope(
@@ -827,12 +831,7 @@ class SMTPConnection:
             failure = MessageError.from_reply(data_reply, "DATA refused")
         if failure is not None:
             self._abandon(failure, data_reply)
-        held = b""
-        for chunk in source.chunks:
-            self._stream(held)
-            held = p.send_data(chunk)
-        end = held + p.end_data()
-        finals = self._finish(end + announce(), len(accepted))
+        finals = self._send_data(source, len(accepted), announce)
         return self._outcome(env, accepted, rejected, errors, responses, finals)
 
     # -- reuse ---------------------------------------------------------------------------
