@@ -18,6 +18,15 @@ from .servers import ScriptedServer, Step
 pytest_plugins = ["pytester"]
 
 
+def pytest_addoption(parser: pytest.Parser) -> None:
+    # Here, so that "pytest tests --interop-matrix PATH" (a whole run) accepts it too.
+    parser.addoption(
+        "--interop-matrix",
+        metavar="PATH",
+        help="write the interop feature matrix (reStructuredText) to PATH",
+    )
+
+
 @pytest.fixture(scope="session")
 def ca() -> trustme.CA:
     return trustme.CA()
