@@ -12,12 +12,22 @@ import re
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from email.message import Message
+from email.parser import BytesHeaderParser
 from typing import TYPE_CHECKING, Any
+
+from .message import MessageInput, strip_bcc
 
 if TYPE_CHECKING:
     from .errors import SMTPError
 
-__all__ = ["DSN", "Envelope", "SendResult", "check_address", "envelope_from_message"]
+__all__ = [
+    "DSN",
+    "Envelope",
+    "SendResult",
+    "check_address",
+    "envelope_from_message",
+    "pair_with_envelope",
+]
 
 _FORBIDDEN = re.compile(r"[\x00-\x1f\x7f<>]")
 _NOTIFY_VALUES = frozenset({"NEVER", "SUCCESS", "FAILURE", "DELAY"})
@@ -180,3 +190,24 @@ def envelope_from_message(message: Message) -> Envelope:
     if not recipients:
         raise ValueError(f"message has no {prefix}To, {prefix}Cc or {prefix}Bcc recipient")
     return Envelope(senders[0][1], recipients)
+
+
+def pair_with_envelope(
+    message: MessageInput, envelope: Envelope | Mapping[str, Any] | None
+) -> tuple[MessageInput, Envelope]:
+    """Pair a message with its envelope, deriving it from the headers when not given.
+
+    Raw messages lose their ``Bcc`` fields here (``Message`` objects lose them when
+    flattened).
+
+    :raises ValueError: a file or iterable message came without an envelope.
+    """
+    if envelope is not None:
+        return message, Envelope.coerce(envelope)
+    if isinstance(message, Message):
+        return message, envelope_from_message(message)
+    if isinstance(message, (bytes, bytearray, memoryview, str)):
+        raw = message.encode("utf-8") if isinstance(message, str) else bytes(message)
+        derived = envelope_from_message(BytesHeaderParser().parsebytes(raw))
+        return strip_bcc(raw), derived
+    raise ValueError("file and iterable messages need an explicit envelope")

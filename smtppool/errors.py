@@ -142,6 +142,14 @@ class ProtocolError(SMTPError):
     code = "EPROTOCOL"
 
 
+class RateLimitError(SMTPError):
+    """A shared rate limiter could not be consulted (its store is unreachable); nothing
+    was sent.  Temporary: a later attempt may succeed."""
+
+    code = "ELIMIT"
+    transient_without_reply = True
+
+
 class PoolClosedError(SMTPError):
     """The pool was closed before the message could be sent."""
 

@@ -22,16 +22,15 @@ from collections.abc import Iterable, Iterator, Mapping
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from email.message import Message
-from email.parser import BytesHeaderParser
 from types import TracebackType
 from typing import Any, BinaryIO, NamedTuple, cast
 
 from .config import Options
 from .connection import SMTPConnection
-from .envelope import Envelope, SendResult, envelope_from_message
+from .envelope import Envelope, SendResult, pair_with_envelope
 from .errors import ConnectError, PoolClosedError, SMTPError, SMTPTimeoutError
-from .message import CHUNK_BYTES, MessageInput, strip_bcc
-from .ratelimit import RateLimiter
+from .message import CHUNK_BYTES, MessageInput
+from .ratelimit import ConnectionLease, Limiter, RateLimiter
 
 __all__ = ["SMTPPool"]
 
@@ -107,21 +106,6 @@ class _Job:
     backoff: float = 0.0  # seconds to wait before the next attempt
 
 
-def _prepare(
-    message: MessageInput, envelope: EnvelopeInput | None
-) -> tuple[MessageInput, Envelope]:
-    """Pair a message with its envelope, deriving it from headers when not given."""
-    if envelope is not None:
-        return message, Envelope.coerce(envelope)
-    if isinstance(message, Message):
-        return message, envelope_from_message(message)
-    if isinstance(message, (bytes, bytearray, memoryview, str)):
-        raw = message.encode("utf-8") if isinstance(message, str) else bytes(message)
-        derived = envelope_from_message(BytesHeaderParser().parsebytes(raw))
-        return strip_bcc(raw), derived
-    raise ValueError("file and iterable messages need an explicit envelope")
-
-
 def _is_retryable(error: SMTPError) -> bool:
     """Only failures that prove the server did not take the message: connection-level
     ones (421 included) before the end of the data, never a refusal or a lost verdict."""
@@ -143,16 +127,31 @@ class SMTPPool:
     """A thread-safe SMTP transport: ``send``, ``submit``, ``send_many``, ``verify``.
 
     Takes the options of DESIGN.md as keywords (see :class:`smtppool.config.Options`),
-    plus ``service=`` for a well-known provider.  Use as a context manager, or call
-    :meth:`close`.
+    plus ``service=`` for a well-known provider, and ``rate_limiter=``: any
+    :class:`~smtppool.ratelimit.Limiter` in place of the in-process one that
+    ``rate_limit``/``rate_delta`` configure (for example a limit shared between
+    processes, :class:`smtppool.contrib.redis_limiter.RedisLimiter`; one per pool, since
+    closing the pool closes it).  Use as a context manager, or call :meth:`close`.
     """
 
-    def __init__(self, *, options: Options | None = None, **settings: Any) -> None:
+    def __init__(
+        self,
+        *,
+        options: Options | None = None,
+        rate_limiter: Limiter | None = None,
+        **settings: Any,
+    ) -> None:
         if options is None:
             options = Options.from_settings(**settings)
         elif settings:
             options = options.replace(**settings)
+        if rate_limiter is not None:
+            if not isinstance(rate_limiter, Limiter):
+                raise TypeError("rate_limiter must implement smtppool.ratelimit.Limiter")
+            if options.rate_limit is not None:
+                raise ValueError("give rate_limit or rate_limiter, not both")
         self.options = options
+        self._shared_limiter = rate_limiter
         self._log = self.options.logger or logging.getLogger("smtppool")
         self._setup()
         _POOLS.add(self)
@@ -171,7 +170,10 @@ class SMTPPool:
         self._idle: queue.LifoQueue[_Idle | None] = queue.LifoQueue(opts.max_connections)
         for _ in range(opts.max_connections):
             self._idle.put(None)
-        self._limiter = RateLimiter(opts.rate_limit, opts.rate_delta)
+        self._limiter: Limiter = self._shared_limiter or RateLimiter(
+            opts.rate_limit, opts.rate_delta
+        )
+        self._leases: dict[SMTPConnection, ConnectionLease] = {}
         self._jobs: set[_Job] = set()
         self._waiting: deque[_Job] = deque()  # submitted and not yet started, in order
         self._workers = 0  # worker loops running (at most max_connections)
@@ -207,7 +209,7 @@ class SMTPPool:
         :raises PoolClosedError: the pool is closed.
         :raises ValueError: no envelope given and none can be derived from the message.
         """
-        message, env = _prepare(message, envelope)
+        message, env = pair_with_envelope(message, envelope)
         job = _Job(_Payload(message), env)
         with self._lock:
             if self._closed:
@@ -372,7 +374,7 @@ class SMTPPool:
                 return None
             try:
                 allowed = self._limiter.acquire(timeout=0)
-            except PoolClosedError:
+            except SMTPError:  # closed, or undecidable: a worker's own acquire will say
                 allowed = False
             if not allowed:  # it must wait its turn: leave it for a worker that can
                 with self._lock:
@@ -396,6 +398,8 @@ class SMTPPool:
         try:
             if connection is None:
                 connection = self._open()
+            else:
+                self._leases[connection].renew()
             self._limiter.acquire()
             carrier = connection
             stream = carrier.send_stream(
@@ -499,35 +503,50 @@ class SMTPPool:
                     response_code=last.response_code,
                     command=last.command,
                 )
+        lease = self._limiter.lease_connection(self.options.connection_timeout)
         connection = SMTPConnection(options=self.options)
         try:
             connection.connect()
             connection.login()
-        except (ConnectError, SMTPTimeoutError) as exc:
-            with self._lock:
-                self._connect_failures += 1
-                self._last_connect_error = exc
-                if self._connect_failures >= CONNECT_FAILURE_LIMIT:
-                    self._dial_again_at = time.monotonic() + COOL_DOWN
-                    self._log.warning(
-                        "%s:%s: %d connection attempts failed; pausing new connections for %.0f s",
-                        self.options.host,
-                        self.options.port,
-                        self._connect_failures,
-                        COOL_DOWN,
-                    )
-            raise
-        except BaseException:
-            connection.close()
+        except BaseException as exc:
+            lease.release()
+            if isinstance(exc, (ConnectError, SMTPTimeoutError)):
+                self._connect_failed(exc)
+            else:
+                connection.close()
             raise
         with self._lock:
+            self._leases[connection] = lease  # released by _retire
             self._connect_failures = 0
             self._counts["connections_opened"] += 1
         return connection
 
-    def _retire(self, connection: SMTPConnection) -> None:
-        connection.quit()
-        self._count("connections_retired")
+    def _connect_failed(self, exc: SMTPError) -> None:
+        with self._lock:
+            self._connect_failures += 1
+            self._last_connect_error = exc
+            if self._connect_failures < CONNECT_FAILURE_LIMIT:
+                return
+            self._dial_again_at = time.monotonic() + COOL_DOWN
+        self._log.warning(
+            "%s:%s: %d connection attempts failed; pausing new connections for %.0f s",
+            self.options.host,
+            self.options.port,
+            self._connect_failures,
+            COOL_DOWN,
+        )
+
+    def _retire(self, connection: SMTPConnection, *, polite: bool = True) -> None:
+        """Close a connection for good (QUIT first when ``polite``) and free its lease."""
+        if polite:
+            connection.quit()
+        else:
+            connection.close()
+        with self._lock:
+            lease = self._leases.pop(connection, None)
+            self._counts["connections_retired"] += 1
+        if lease is not None:
+            lease.release()
 
     def _cooling(self) -> bool:
         with self._lock:
@@ -592,11 +611,7 @@ class SMTPPool:
 
     def _drain_idle(self, *, polite: bool) -> None:
         for connection in self._take_idle(lambda slot: True):
-            if polite:
-                self._retire(connection)
-            else:
-                connection.close()
-                self._count("connections_retired")
+            self._retire(connection, polite=polite)
 
     def _after_fork(self) -> None:
         """In a forked child: drop the parent's sockets unread and start afresh."""

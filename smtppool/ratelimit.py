@@ -6,6 +6,12 @@ the limit across a bucket edge).  :class:`RateLimiter` wraps it in a
 ``threading.Condition``: callers wait their turn in arrival order, sleep exactly until
 the window allows them (in bounded steps, never spinning), can be paused by throttling
 replies, and are woken with :class:`PoolClosedError` by :meth:`RateLimiter.close`.
+
+:class:`Limiter` is the interface the pool talks to (``SMTPPool(rate_limiter=...)``):
+message starts, pauses, closing, and a lease per open connection, so that a limiter
+shared between processes (:mod:`smtppool.contrib.redis_limiter`) can also cap the
+connections every process holds to one server.  The in-process limiter's leases are
+free: ``max_connections`` already caps its pool.
 """
 
 from __future__ import annotations
@@ -14,10 +20,58 @@ import threading
 import time
 from collections import deque
 from collections.abc import Callable
+from typing import Protocol, runtime_checkable
 
 from .errors import PoolClosedError
 
-__all__ = ["RateLimiter", "SlidingWindow"]
+__all__ = ["ConnectionLease", "Limiter", "RateLimiter", "SlidingWindow"]
+
+
+class ConnectionLease(Protocol):
+    """The right to hold one connection open, from :meth:`Limiter.lease_connection`."""
+
+    def renew(self) -> None:
+        """Keep the lease alive; called whenever its connection starts a message."""
+
+    def release(self) -> None:
+        """Give the slot back (the connection is closed); safe to call twice."""
+
+
+@runtime_checkable
+class Limiter(Protocol):
+    """What the pool needs of a rate limiter (``SMTPPool(rate_limiter=...)``)."""
+
+    def acquire(self, timeout: float | None = None) -> bool:
+        """Wait for permission to start one message; False if ``timeout`` passes first.
+
+        :raises PoolClosedError: the limiter was closed while waiting.
+        :raises SMTPError: the limiter cannot decide (e.g. its store is unreachable).
+        """
+
+    def pause(self, seconds: float) -> None:
+        """Start nothing for ``seconds`` (a server asked us to slow down)."""
+
+    def close(self) -> None:
+        """Wake every waiter with :class:`PoolClosedError`; later acquires fail at once."""
+
+    def lease_connection(self, timeout: float) -> ConnectionLease:
+        """Wait for a connection slot before dialling.
+
+        :raises SMTPTimeoutError: no slot came free within ``timeout`` seconds.
+        """
+
+
+class _FreeLease:
+    """The lease of a limiter that does not cap connections."""
+
+    def renew(self) -> None:
+        pass
+
+    def release(self) -> None:
+        pass
+
+
+FREE_LEASE = _FreeLease()
 
 #: Longest single wait on the condition; loops re-check, so nothing can block forever.
 MAX_WAIT_STEP = 1.0
@@ -108,3 +162,7 @@ class RateLimiter:
         with self._cond:
             self._closed = True
             self._cond.notify_all()
+
+    def lease_connection(self, timeout: float) -> ConnectionLease:
+        """Always free: one process's ``max_connections`` is capped by its own pool."""
+        return FREE_LEASE
