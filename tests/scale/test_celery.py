@@ -1,0 +1,146 @@
+"""Celery workers sending through their own pools, with limits shared in Redis."""
+
+from __future__ import annotations
+
+import base64
+import json
+import os
+import signal
+import time
+from collections import Counter
+from collections.abc import Callable
+from email.message import EmailMessage
+from typing import Any
+
+import pytest
+
+from smtppool.contrib.celery import encode, make_app, register, send_batch, settings_from_env
+from smtppool.sink import Sink
+
+from ..interop.servers import free_port, wait_until
+from .conftest import RedisServer, Workers, max_in_window
+
+
+def batch(count: int, tag: str) -> list[dict[str, Any]]:
+    messages = []
+    for i in range(count):
+        message = EmailMessage()
+        message["From"] = "cron@example.test"
+        message["To"] = f"user{i}@example.test"
+        message["Subject"] = f"{tag} {i}"
+        message["Message-ID"] = f"<{tag}-{i}@example.test>"
+        message.set_content(f"message {i} of {count}\n")
+        messages.append(encode(message))
+    return messages
+
+
+def client(redis_server: RedisServer) -> Any:
+    """The sending side: the same task, registered on an app pointing at this Redis."""
+    return register(make_app({"SMTPPOOL_BROKER": redis_server.url}), settings_from_env)
+
+
+def worker_environment(redis_server: RedisServer, sink: Sink, **extra: str) -> dict[str, str]:
+    return {
+        "SMTPPOOL_BROKER": redis_server.url,
+        # A short idle_timeout hands idle connection slots back to the shared cap soon.
+        "SMTPPOOL_URL": f"smtp://127.0.0.1:{sink.port}/?max_connections=2&idle_timeout=2",
+        **extra,
+    }
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(240)
+def test_600_messages_exactly_once_within_shared_limits(
+    redis_server: RedisServer, smtpd: Callable[..., Sink], celery_workers: Callable[..., Workers]
+) -> None:
+    sink = smtpd()
+    celery_workers(3, **worker_environment(
+        redis_server, sink, SMTPPOOL_RATE_LIMIT="20", SMTPPOOL_SHARED_CONNECTIONS="4",
+    ))  # fmt: skip
+    messages = batch(600, "limited")
+    started = time.monotonic()
+    outcomes = send_batch(client(redis_server), messages, chunk_size=20).outcomes(timeout=200)
+    elapsed = time.monotonic() - started
+    assert [o["status"] for o in outcomes] == ["sent"] * 600
+    assert [o["key"] for o in outcomes] == [m["key"] for m in messages]
+    received = Counter(m.data.split(b"Message-ID: ")[1].split(b"\r\n")[0] for m in sink.messages)
+    assert len(received) == 600 and set(received.values()) == {1}
+    times = [m.received_at for m in sink.messages]
+    # At most 20 MAIL FROMs in any second, allowing 20 ms for the trip from the limiter
+    # (which is exact on its own clock) to the sink's timestamp.
+    assert max_in_window(times, 0.98) <= 20
+    assert elapsed >= 600 / 20 - 1.5  # the limit held over the whole batch: ~30 s
+    assert sink.max_concurrent <= 4
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(240)
+def test_a_worker_killed_mid_batch_loses_nothing_and_duplicates_nothing(
+    redis_server: RedisServer, smtpd: Callable[..., Sink], celery_workers: Callable[..., Workers]
+) -> None:
+    sink = smtpd()
+    workers = celery_workers(3, **worker_environment(redis_server, sink, SMTPPOOL_RATE_LIMIT="40"))
+    messages = batch(240, "killed")
+    result = send_batch(client(redis_server), messages, chunk_size=20)
+    wait_until(lambda: len(sink.messages) >= 60, 60, "the batch to be under way")
+    victims = workers.children(0)
+    assert victims, "worker 0 has no pool process"
+    for pid in victims:  # the process running worker 0's chunk, mid-send
+        os.kill(pid, signal.SIGKILL)
+    outcomes = result.outcomes(timeout=180)
+
+    assert "signal 9" in workers.log()  # Celery saw its process die, and requeued the task
+    statuses = Counter(outcome["status"] for outcome in outcomes)
+    assert set(statuses) <= {"sent", "failed", "delivery_unknown"}, statuses
+    assert [o["key"] for o in outcomes] == [m["key"] for m in messages]  # one fate each
+    received = Counter(m.data.split(b"Message-ID: ")[1].split(b"\r\n")[0] for m in sink.messages)
+    assert max(received.values()) == 1  # nothing was sent twice
+    for outcome in outcomes:
+        copies = received[outcome["key"].encode()]
+        if outcome["status"] == "sent":
+            assert copies == 1, outcome
+        elif outcome["status"] == "failed":
+            assert copies == 0, outcome
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(180)
+def test_temporary_failures_are_retried_and_permanent_ones_are_not(
+    redis_server: RedisServer, celery_workers: Callable[..., Workers]
+) -> None:
+    port = free_port()
+    late_sink = Sink(port=port, reject_recipients={"user1@example.test"})
+    workers = celery_workers(1, SMTPPOOL_BROKER=redis_server.url,
+                             SMTPPOOL_URL=f"smtp://127.0.0.1:{port}/?retries=0")  # fmt: skip
+    result = send_batch(client(redis_server), batch(3, "late"), chunk_size=3)
+    wait_until(lambda: "Retry in" in workers.log(), 30, "Celery to schedule a retry")
+    late_sink.start()  # the server comes up only after the first attempt failed
+    try:
+        outcomes = result.outcomes(timeout=150)
+    finally:
+        late_sink.stop()
+    assert [o["status"] for o in outcomes] == ["sent", "failed", "sent"]
+    assert "550" in (outcomes[1]["error"] or "")  # refused for good: not retried
+    assert len(late_sink.messages) == 2
+
+
+def test_messages_travel_as_json_with_an_explicit_envelope() -> None:
+    message = EmailMessage()
+    message["From"] = "cron@example.test"
+    message["To"] = "a@example.test"
+    message["Bcc"] = "hidden@example.test"
+    message["Message-ID"] = "<abc@example.test>"
+    message.set_content("body\n")
+    item = encode(message)
+    assert json.loads(json.dumps(item)) == item
+    assert item["key"] == "<abc@example.test>"
+    assert item["to"] == ["a@example.test", "hidden@example.test"]
+    raw = base64.b64decode(item["raw"])
+    assert b"hidden@example.test" not in raw and b"Message-ID: <abc@example.test>" in raw
+    first = encode(b"From: a@example.test\r\nTo: b@example.test\r\n\r\nno id\r\n")
+    second = encode(b"From: a@example.test\r\nTo: b@example.test\r\n\r\nno id\r\n")
+    assert first["key"] != second["key"]  # fresh keys: distinct messages stay distinct
+    assert (
+        encode(b"x\r\n", {"from": "a@example.test", "to": "b@example.test"}, key="k1")["key"]
+        == "k1"
+    )
