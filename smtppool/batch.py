@@ -16,7 +16,7 @@ import signal
 import threading
 import time
 from collections import deque
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from concurrent.futures import Future
 from concurrent.futures import TimeoutError as FutureTimeout
 from contextlib import contextmanager
@@ -52,6 +52,16 @@ class Outcome:
     rejected: list[str] = field(default_factory=list)
     response: str | None = None
     error: dict[str, Any] | None = None
+
+    @classmethod
+    def of_task(cls, item_id: str, outcome: Mapping[str, Any]) -> Outcome:
+        """From a Celery task's outcome (:mod:`smtppool.contrib.celery`)."""
+        status = {"delivery_unknown": "unknown"}.get(outcome["status"], outcome["status"])
+        error = None
+        if outcome["error"] is not None:
+            error = {"code": status, "message": outcome["error"], "response": outcome["response"]}
+        return cls(item_id, status, list(outcome["accepted"]), list(outcome["rejected"]),
+                   outcome["response"], error)  # fmt: skip
 
     @classmethod
     def of(cls, item_id: str, result: SendResult | BaseException) -> Outcome:

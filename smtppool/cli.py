@@ -23,7 +23,7 @@ from email.message import EmailMessage
 from pathlib import Path
 from typing import Any
 
-from .batch import BatchReport, iter_items, run_batch
+from .batch import BatchReport, Outcome, iter_items, run_batch
 from .config import Options
 from .connection import SMTPConnection
 from .envelope import Envelope
@@ -96,18 +96,19 @@ def _plain_progress(total: int, label: str) -> Iterator[Callable[[], None]]:
     yield advance
 
 
-def _print_summary(report: BatchReport, stats: dict[str, int]) -> None:
+def _print_summary(report: BatchReport, stats: dict[str, int] | None) -> None:
+    """The counts, and each message that was not sent; ``stats`` of a local pool."""
     rate = report.count("sent") / report.elapsed if report.elapsed > 0 else 0.0
-    rows = [
+    rows: list[tuple[str, object]] = [
         ("sent", report.count("sent")),
         ("failed", report.count("failed")),
         ("not sent", report.count("not sent")),
         ("unknown", report.count("unknown")),
         ("elapsed", f"{report.elapsed:.2f} s"),
         ("rate", f"{rate:.0f} msg/s"),
-        ("connections", stats["connections_opened"]),
-        ("retried", stats["retried"]),
     ]
+    if stats is not None:
+        rows += [("connections", stats["connections_opened"]), ("retried", stats["retried"])]
     for name, value in rows:
         print(f"{name:<12}{value:>12}")
     for outcome in report.outcomes:
@@ -161,6 +162,8 @@ def _options(args: argparse.Namespace, **extra: Any) -> Options:
 
 
 def _send(args: argparse.Namespace) -> int:
+    if args.via == "celery":
+        return _send_via_celery(args)
     options = _options(
         args,
         max_connections=args.max_connections,
@@ -168,11 +171,7 @@ def _send(args: argparse.Namespace) -> int:
         rate_limit=args.rate_limit,
         rate_delta=args.rate_delta,
     )
-    envelope = None
-    if args.to:
-        if not args.sender:
-            raise ValueError("--to needs --from as well")
-        envelope = Envelope(args.sender, args.to)
+    envelope = _envelope(args)
     total = sum(1 for _ in iter_items(args.paths))  # a cheap first pass, for the ETA
     with SMTPPool(options=options) as pool:  # closing twice is harmless after an interrupt
         with _progress(total, "sending") as advance:
@@ -183,11 +182,56 @@ def _send(args: argparse.Namespace) -> int:
                 on_outcome=lambda outcome: advance(),
             )
     _print_summary(report, pool.stats())
+    return _finish(args, report, total)
+
+
+def _finish(args: argparse.Namespace, report: BatchReport, total: int) -> int:
     if args.report:
         Path(args.report).write_text(json.dumps(report.as_json(), indent=1), "utf-8")
     if report.interrupted:
         return EXIT_INTERRUPTED
     return EXIT_OK if report.count("sent") == total else EXIT_FAILED
+
+
+def _envelope(args: argparse.Namespace) -> Envelope | None:
+    if not args.to:
+        return None
+    if not args.sender:
+        raise ValueError("--to needs --from as well")
+    return Envelope(args.sender, args.to)
+
+
+def _send_via_celery(args: argparse.Namespace) -> int:
+    """Enqueue the batch to the Celery workers of ``smtppool.contrib.celery`` (which
+    bring their own server settings and limits) and report every message's fate."""
+    from .contrib.celery import encode, send_batch, send_messages
+
+    envelope = _envelope(args)
+    encoded: list[dict[str, Any]] = []
+    order: list[tuple[str, str | Outcome]] = []  # (item id, its key, or why it was not sent)
+    for item in iter_items(args.paths):
+        try:
+            encoded.append(encode(item.load(), envelope))
+        except (ValueError, OSError) as exc:  # unreadable file, no envelope
+            order.append((item.id, Outcome.of(item.id, exc)))
+            continue
+        order.append((item.id, encoded[-1]["key"]))
+    report = BatchReport()
+    started = time.monotonic()
+    by_key: dict[str, Any] = {}
+    with _progress(len(encoded), "sending via celery") as advance:
+        if encoded:
+            batch = send_batch(send_messages, encoded, chunk_size=args.chunk_size)
+            for outcome in batch.iter_outcomes(args.wait):
+                by_key[outcome["key"]] = outcome
+                advance()
+    report.outcomes = [
+        fate if isinstance(fate, Outcome) else Outcome.of_task(item_id, by_key[fate])
+        for item_id, fate in order
+    ]
+    report.elapsed = time.monotonic() - started
+    _print_summary(report, None)
+    return _finish(args, report, len(order))
 
 
 def _verify(args: argparse.Namespace) -> int:
@@ -329,6 +373,17 @@ def _parser() -> argparse.ArgumentParser:
     send.add_argument("--rate-limit", type=_positive_int, help="messages per --rate-delta")
     send.add_argument("--rate-delta", type=float, help="seconds (default 1)")
     send.add_argument("--report", help="write every message's fate to this JSON file")
+    send.add_argument(
+        "--via",
+        choices=["pool", "celery"],
+        default="pool",
+        help="celery: enqueue to the smtppool.contrib.celery workers ($SMTPPOOL_BROKER);"
+        " they use their own server settings",
+    )
+    send.add_argument("--chunk-size", type=_positive_int, default=50, help="--via celery")
+    send.add_argument(
+        "--wait", type=float, default=3600.0, help="--via celery: seconds for every outcome"
+    )
     _add_server_arguments(send)
     send.set_defaults(run=_send)
 

@@ -30,9 +30,10 @@ import logging
 import os
 import random
 import threading
+import time
 import uuid
 from collections import deque
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from concurrent.futures import Future
 from concurrent.futures import TimeoutError as FutureTimeout
 from dataclasses import dataclass
@@ -52,6 +53,7 @@ from ..pool import SMTPPool
 from .redis_limiter import RedisLimiter
 
 __all__ = [
+    "BatchResult",
     "MessageOutcome",
     "WorkerSettings",
     "encode",
@@ -322,13 +324,19 @@ class BatchResult:
         self.result = result
         self.keys = keys
 
-    def outcomes(self, timeout: float | None = None) -> list[MessageOutcome]:
+    def iter_outcomes(self, timeout: float = RESULT_TIMEOUT) -> Iterator[MessageOutcome]:
+        """Outcomes as their chunks finish (chunk by chunk, in chunk order).
+
+        :raises celery.exceptions.TimeoutError: ``timeout`` seconds passed in all.
+        """
+        deadline = time.monotonic() + timeout
+        for chunk in self.result.results:
+            remaining = max(deadline - time.monotonic(), 0.001)
+            yield from chunk.get(timeout=remaining, propagate=True)
+
+    def outcomes(self, timeout: float = RESULT_TIMEOUT) -> list[MessageOutcome]:
         """One outcome per message, in the order they were given."""
-        by_key = {
-            outcome["key"]: outcome
-            for chunk in self.result.get(timeout=timeout, propagate=True)
-            for outcome in chunk
-        }
+        by_key = {outcome["key"]: outcome for outcome in self.iter_outcomes(timeout)}
         return [by_key[key] for key in self.keys]
 
 

@@ -6,10 +6,13 @@ import base64
 import json
 import os
 import signal
+import subprocess
+import sys
 import time
 from collections import Counter
 from collections.abc import Callable
 from email.message import EmailMessage
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -144,3 +147,33 @@ def test_messages_travel_as_json_with_an_explicit_envelope() -> None:
         encode(b"x\r\n", {"from": "a@example.test", "to": "b@example.test"}, key="k1")["key"]
         == "k1"
     )
+
+
+@pytest.mark.timeout(120)
+def test_command_line_sends_a_batch_via_celery(
+    redis_server: RedisServer,
+    smtpd: Callable[..., Sink],
+    celery_workers: Callable[..., Workers],
+    tmp_path: Path,
+) -> None:
+    sink = smtpd(reject_recipients={"user3@example.test"})
+    celery_workers(2, **worker_environment(redis_server, sink))
+    for i in range(30):
+        (tmp_path / f"{i:02}.eml").write_bytes(
+            f"From: cron@example.test\r\nTo: user{i}@example.test\r\n"
+            f"Message-ID: <cli-{i}@example.test>\r\nSubject: {i}\r\n\r\nbody\r\n".encode()
+        )
+    (tmp_path / "broken.eml").write_bytes(b"no headers, so no envelope\r\n")
+    report_path = tmp_path.parent / "report.json"
+    done = subprocess.run(
+        [sys.executable, "-m", "smtppool", "send", "--via", "celery", "--chunk-size", "7",
+         "--report", str(report_path), str(tmp_path)],
+        env={**os.environ, "SMTPPOOL_BROKER": redis_server.url},
+        capture_output=True, text=True, timeout=100,
+    )  # fmt: skip
+    assert done.returncode == 1, done.stderr  # one refused, one without an envelope
+    report = json.loads(report_path.read_text())
+    assert (report["sent"], report["failed"]) == (29, 2)
+    statuses = {Path(m["id"]).name: m["status"] for m in report["messages"]}
+    assert statuses["03.eml"] == statuses["broken.eml"] == "failed"
+    assert len(sink.messages) == 29
