@@ -264,7 +264,9 @@ def register(
         outcomes = list(settled or [])
         again: list[Mapping[str, Any]] = []
         pending: deque[tuple[Mapping[str, Any], Future[SendResult]]] = deque()
-        window = current.pool.options.max_connections  # "sending" only when about to start
+        # A message is marked "sending" only shortly before it starts: at most one
+        # waiting behind each connection, which is what lets the pool pipeline it.
+        window = 2 * current.pool.options.max_connections
 
         def settle(item: Mapping[str, Any], future: Future[SendResult]) -> None:
             key = item["key"]
