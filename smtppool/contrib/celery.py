@@ -198,10 +198,16 @@ class _Records:
         return state.decode() if isinstance(state, bytes) else "sending"
 
     def sent(self, key: str) -> None:
-        self.client.set(self._name(key), b"sent", ex=RECORD_TTL)
+        try:
+            self.client.set(self._name(key), b"sent", ex=RECORD_TTL)
+        except redis.RedisError as exc:  # it was sent: say so, and that a rerun may repeat it
+            log.warning("message %s was sent but its record was not written: %s", key, exc)
 
     def forget(self, key: str) -> None:
-        self.client.delete(self._name(key))
+        try:
+            self.client.delete(self._name(key))
+        except redis.RedisError as exc:  # a rerun will report it delivery_unknown
+            log.warning("record of unsent message %s not cleared: %s", key, exc)
 
 
 def _outcome(key: str, status: str, result: SendResult | BaseException | str) -> MessageOutcome:
@@ -288,9 +294,19 @@ def register(
             records.sent(key)
             outcomes.append(_outcome(key, "sent", result))
 
+        unreachable: redis.RedisError | None = None
         for item in items:
             key = item["key"]
-            earlier = records.begin(key)
+            if unreachable is not None:  # no record, no sending: try the rest later
+                again.append(item)
+                continue
+            try:
+                earlier = records.begin(key)
+            except redis.RedisError as exc:
+                log.warning("Redis unreachable (%s); the chunk's rest will be retried", exc)
+                unreachable = exc
+                again.append(item)
+                continue
             if earlier == "sent":
                 outcomes.append(_outcome(key, "sent", "already sent by an earlier delivery"))
                 continue

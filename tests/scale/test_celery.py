@@ -178,3 +178,33 @@ def test_command_line_sends_a_batch_via_celery(
     statuses = {Path(m["id"]).name: m["status"] for m in report["messages"]}
     assert statuses["03.eml"] == statuses["broken.eml"] == "failed"
     assert len(sink.messages) == 29
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(200)
+def test_redis_for_limits_stopped_mid_batch_delays_but_loses_and_repeats_nothing(
+    redis_server: RedisServer, smtpd: Callable[..., Sink], celery_workers: Callable[..., Workers]
+) -> None:
+    limits = RedisServer().start()  # limits and records; the broker stays up
+    try:
+        sink = smtpd()
+        workers = celery_workers(2, **worker_environment(
+            redis_server, sink, SMTPPOOL_REDIS=limits.url, SMTPPOOL_RATE_LIMIT="20",
+        ))  # fmt: skip
+        result = send_batch(client(redis_server), batch(120, "outage"), chunk_size=10)
+        wait_until(lambda: len(sink.messages) >= 30, 60, "the batch to be under way")
+        limits.stop()
+        at_stop = len(sink.messages)
+        time.sleep(3)
+        during_outage = len(sink.messages) - at_stop
+        limits.start()  # the same port, empty: as after a restart without persistence
+        outcomes = result.outcomes(timeout=150)
+    finally:
+        limits.remove()
+    assert "cannot reach Redis" in workers.log() or "Redis unreachable" in workers.log()
+    assert [o["status"] for o in outcomes] == ["sent"] * 120
+    received = Counter(m.data.split(b"Message-ID: ")[1].split(b"\r\n")[0] for m in sink.messages)
+    assert len(received) == 120 and set(received.values()) == {1}
+    # Fail closed: only messages already granted (on the wire, at most two per
+    # connection) went out while the limiter was gone.
+    assert during_outage <= 2 * 2 * 2
