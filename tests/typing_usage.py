@@ -55,3 +55,22 @@ def usage() -> None:
         print(code, temporary, reply_code, exc.delivery_unknown)
     except smtplib.SMTPException:
         pass
+
+
+def scaling_usage() -> None:
+    from smtppool.contrib.celery import BatchResult, encode, send_batch, send_messages
+    from smtppool.contrib.redis_limiter import RedisLimiter
+    from smtppool.ratelimit import Limiter
+
+    limiter: Limiter = RedisLimiter("redis://localhost:6379/0", key="acct", rate_limit=14)
+    with smtppool.SMTPPool(host="smtp.example.com", rate_limiter=limiter) as pool:
+        pool.send(b"From: a@x.org\r\nTo: b@x.org\r\n\r\nhi\r\n")
+    item: dict[str, object] = encode(b"From: a@x.org\r\nTo: b@x.org\r\n\r\nhi\r\n", key="k")
+    batch: BatchResult = send_batch(send_messages, [item], chunk_size=10)
+    for outcome in batch.outcomes(timeout=60):
+        status: str = outcome["status"]
+        print(status, outcome["key"])
+    try:
+        pool.send(b"x")
+    except smtppool.RateLimitError as exc:
+        print(exc.temporary)

@@ -377,7 +377,12 @@ def make_app(environ: Mapping[str, str] = os.environ) -> Celery:
     """The ready app: Redis broker and results, JSON only, acks late, one task at a time
     per process (``worker_prefetch_multiplier = 1``) so a dead worker strands little."""
     broker = broker_url(environ)
-    celery_app = Celery("smtppool", broker=broker, backend=environ.get("SMTPPOOL_RESULTS", broker))
+    celery_app = Celery(
+        "smtppool",
+        broker=broker,
+        backend=environ.get("SMTPPOOL_RESULTS", broker),
+        set_as_current=False,  # importing this module must not replace the user's app
+    )
     celery_app.conf.update(
         task_serializer="json",
         result_serializer="json",
