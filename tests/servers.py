@@ -21,13 +21,15 @@ from smtppool import SMTPConnection
 STEP_TIMEOUT = 10.0
 
 
-def wait_until(condition: Callable[[], object], timeout: float = 5.0) -> bool:
+def wait_until(
+    condition: Callable[[], object], timeout: float = 5.0, interval: float = 0.01
+) -> bool:
     """Poll ``condition`` until it is true or ``timeout`` passes; return its last value."""
     deadline = time.monotonic() + timeout
     while not condition():
         if time.monotonic() > deadline:
             return False
-        time.sleep(0.01)
+        time.sleep(interval)
     return True
 
 

@@ -159,8 +159,9 @@ def test_is_idle_and_on_idle(make_pool: Callable[..., SMTPPool]) -> None:
         sink.gate.set()
         for future in futures:
             future.result(timeout=10)
-        assert pool.is_idle() and len(calls) == 3  # once per freed slot
-        # futures complete when their reply is read, just before the connection is put back
+        # A future completes when its reply is read, just before its slot is freed (and
+        # on_idle called) and its connection put back: wait for those to follow.
+        assert wait_until(lambda: pool.is_idle() and len(calls) == 3)  # once per freed slot
         assert wait_until(
             lambda: "in flight 0, queued 0 | connections 0 busy, 3 idle" in repr(pool)
         )

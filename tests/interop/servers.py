@@ -29,6 +29,8 @@ import trustme
 from smtppool import SMTPConnection
 from smtppool.protocol import Extensions
 
+from ..servers import wait_until
+
 ROOT = Path(os.environ.get("SMTPPOOL_INTEROP_ROOT", "/opt/smtppool-interop"))
 DOMAIN = "example.test"
 MAILBOXES = ("alice", "bob", "sender")
@@ -50,16 +52,6 @@ def free_port() -> int:
         probe.bind(("127.0.0.1", 0))
         port: int = probe.getsockname()[1]
         return port
-
-
-def wait_until(
-    predicate: Callable[[], object], timeout: float, what: str, interval: float = 0.05
-) -> None:
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout} s waiting for {what}")
-        time.sleep(interval)
 
 
 class TLSFiles:
@@ -223,8 +215,10 @@ class MailServer:
 
         Reads again after a further moment, so that a late duplicate is seen too.
         """
-        wait_until(lambda: done(self.stored(address)), timeout,
-                   f"{what} for {address} at {self.name}", interval=0.2)  # fmt: skip
+        waited = wait_until(lambda: done(self.stored(address)), timeout, interval=0.2)
+        assert waited, (
+            f"timed out after {timeout} s waiting for {what} for {address} at {self.name}"
+        )
         time.sleep(0.3)
         return self.stored(address)
 
@@ -238,7 +232,7 @@ class MailServer:
                 found.append(match)
             return bool(match)
 
-        wait_until(seen, timeout, f"{pattern!r} in {self.name}'s log")
+        assert wait_until(seen, timeout), f"no {pattern!r} in {self.name}'s log after {timeout} s"
         return found[0]
 
 

@@ -21,7 +21,8 @@ from pathlib import Path
 import pytest
 import redis
 
-from ..interop.servers import free_port, wait_until
+from ..interop.servers import free_port
+from ..servers import wait_until
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
@@ -54,7 +55,7 @@ class RedisServer:
             except redis.RedisError:
                 return False
 
-        wait_until(answers, 10, "redis-server to answer PING")
+        assert wait_until(answers, 10), "timed out waiting for redis-server to answer PING"
         client.close()
         return self
 
@@ -106,7 +107,9 @@ class Workers:
                 ))  # fmt: skip
             self.logs.append(log)
         for log in self.logs:
-            wait_until(lambda log=log: b" ready." in log.read_bytes(), 60, f"{log.name} ready")
+            assert wait_until(lambda log=log: b" ready." in log.read_bytes(), 60), (
+                f"timed out waiting for {log.name} ready"
+            )
         return self
 
     def children(self, index: int) -> list[int]:

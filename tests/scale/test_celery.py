@@ -20,7 +20,8 @@ import pytest
 from smtppool.contrib.celery import encode, make_app, register, send_batch, settings_from_env
 from smtppool.sink import Sink
 
-from ..interop.servers import free_port, wait_until
+from ..interop.servers import free_port
+from ..servers import wait_until
 from .conftest import RedisServer, Workers, max_in_window
 
 
@@ -86,7 +87,9 @@ def test_a_worker_killed_mid_batch_loses_nothing_and_duplicates_nothing(
     workers = celery_workers(3, **worker_environment(redis_server, sink, SMTPPOOL_RATE_LIMIT="40"))
     messages = batch(240, "killed")
     result = send_batch(client(redis_server), messages, chunk_size=20)
-    wait_until(lambda: len(sink.messages) >= 60, 60, "the batch to be under way")
+    assert wait_until(lambda: len(sink.messages) >= 60, 60), (
+        "timed out waiting for the batch to be under way"
+    )
     victims = workers.children(0)
     assert victims, "worker 0 has no pool process"
     for pid in victims:  # the process running worker 0's chunk, mid-send
@@ -117,7 +120,9 @@ def test_temporary_failures_are_retried_and_permanent_ones_are_not(
     workers = celery_workers(1, SMTPPOOL_BROKER=redis_server.url,
                              SMTPPOOL_URL=f"smtp://127.0.0.1:{port}/?retries=0")  # fmt: skip
     result = send_batch(client(redis_server), batch(3, "late"), chunk_size=3)
-    wait_until(lambda: "Retry in" in workers.log(), 30, "Celery to schedule a retry")
+    assert wait_until(lambda: "Retry in" in workers.log(), 30), (
+        "timed out waiting for Celery to schedule a retry"
+    )
     late_sink.start()  # the server comes up only after the first attempt failed
     try:
         outcomes = result.outcomes(timeout=150)
@@ -192,7 +197,9 @@ def test_redis_for_limits_stopped_mid_batch_delays_but_loses_and_repeats_nothing
             redis_server, sink, SMTPPOOL_REDIS=limits.url, SMTPPOOL_RATE_LIMIT="20",
         ))  # fmt: skip
         result = send_batch(client(redis_server), batch(120, "outage"), chunk_size=10)
-        wait_until(lambda: len(sink.messages) >= 30, 60, "the batch to be under way")
+        assert wait_until(lambda: len(sink.messages) >= 30, 60), (
+            "timed out waiting for the batch to be under way"
+        )
         limits.stop()
         at_stop = len(sink.messages)
         time.sleep(3)
