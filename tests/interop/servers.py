@@ -100,9 +100,17 @@ class MailServer:
     def command(self) -> list[str]:
         raise NotImplementedError
 
+    #: The server's log file inside its directory; None: what the process printed.
+    log_file: ClassVar[str | None] = None
+
+    @property
+    def log_path(self) -> Path:
+        return self.output if self.log_file is None else self.dir / self.log_file
+
     def log(self) -> str:
-        """Everything the server logged (by default what the process printed)."""
-        return self.output.read_text(errors="replace")
+        """Everything the server logged so far."""
+        path = self.log_path
+        return path.read_text(errors="replace") if path.exists() else ""
 
     # -- life cycle --------------------------------------------------------------------
 
@@ -244,6 +252,7 @@ class Dovecot(MailServer):
     """Dovecot: LMTP into Maildirs, and the SASL service Postfix authenticates against."""
 
     name = "dovecot"
+    log_file = "dovecot.log"
     lmtp = True
     mail_owner = "dovecot"
     #: A mailbox with a 1 KB quota: LMTP refuses it after the data, per recipient.
@@ -257,7 +266,7 @@ class Dovecot(MailServer):
         self.require("/usr/sbin/dovecot", "/usr/lib/dovecot/lmtp")
         for sub in ("run", "state"):
             (self.dir / sub).mkdir()
-        log = self.dir / "dovecot.log"
+        log = self.log_path
         users = [f"{box}:::::::" for box in MAILBOXES]
         users.append(f"{self.FULL}:::::::userdb_quota_rule=*:storage=1K")
         (self.dir / "users").write_text(_lines(*users))
@@ -313,10 +322,6 @@ class Dovecot(MailServer):
     def command(self) -> list[str]:
         return ["/usr/sbin/dovecot", "-F", "-c", str(self.dir / "dovecot.conf")]
 
-    def log(self) -> str:
-        path = self.dir / "dovecot.log"
-        return path.read_text(errors="replace") if path.exists() else ""
-
 
 class Postfix(MailServer):
     """Postfix smtpd with every extension on, delivering through virtual(8) to Maildirs.
@@ -325,6 +330,7 @@ class Postfix(MailServer):
     """
 
     name = "postfix"
+    log_file = "maillog"
 
     def __init__(self, sasl: Dovecot) -> None:
         super().__init__()
@@ -350,7 +356,7 @@ class Postfix(MailServer):
                 "inet_interfaces = 127.0.0.1",
                 "inet_protocols = ipv4",
                 "mynetworks = 127.0.0.0/8",
-                f"maillog_file = {self.dir}/maillog",
+                f"maillog_file = {self.log_path}",
                 f"maillog_file_prefixes = {self.dir}",
                 "alias_maps =",
                 "alias_database =",
@@ -401,10 +407,6 @@ class Postfix(MailServer):
             )
         super().stop()
 
-    def log(self) -> str:
-        path = self.dir / "maillog"
-        return path.read_text(errors="replace") if path.exists() else ""
-
 
 class SmtpSink(MailServer):
     """Postfix's ``smtp-sink`` test server, dumping each transaction to a file.
@@ -436,6 +438,7 @@ class Exim(MailServer):
     """Exim 4 (Debian's light daemon), STARTTLS, AUTH PLAIN/LOGIN after TLS, Maildirs."""
 
     name = "exim"
+    log_file = "log/mainlog"
     mail_owner = "Debian-exim"
 
     @property
@@ -519,10 +522,6 @@ class Exim(MailServer):
     def command(self) -> list[str]:
         config = str(self.dir / "exim.conf")
         return [str(self.binary), "-C", config, "-bdf", "-oP", str(self.dir / "exim.pid")]
-
-    def log(self) -> str:
-        path = self.dir / "log" / "mainlog"
-        return path.read_text(errors="replace") if path.exists() else ""
 
 
 class OpenSMTPD(MailServer):
