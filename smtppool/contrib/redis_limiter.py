@@ -110,7 +110,6 @@ class RedisLimiter:
         self._fallback_wanted = fallback_processes is not None
         self._fallback_until = 0.0
         self._closed = threading.Event()
-        self._url = url
 
     def __repr__(self) -> str:
         return (
