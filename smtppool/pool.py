@@ -1,11 +1,13 @@
 """SMTPPool: persistent, rate-limited SMTP connections behind a thread pool.
 
-A ``ThreadPoolExecutor`` with ``max_connections`` workers runs one job per message.  Idle
-connections wait in a LIFO pre-filled with ``None`` slots (urllib3's design: the queue is
-the capacity limit); a worker takes one, replaces it when stale, sends, and puts it back
-in a ``finally``, so each connection serves one thread at a time and every take has
-exactly one put.  Every submitted message gets a :class:`~concurrent.futures.Future` that
-always completes.  Network I/O never happens while a lock is held.
+Submitted messages wait in the pool's FIFO; up to ``max_connections`` worker loops (on a
+``ThreadPoolExecutor``) drain it, each pipelining the next waiting message onto its
+connection when it can.  Idle connections wait in a LIFO pre-filled with ``None`` slots
+(urllib3's design: the queue is the capacity limit); a worker takes one, replaces it when
+stale, sends, and puts it back in a ``finally``, so each connection serves one thread at
+a time and every take has exactly one put.  Every submitted message gets a
+:class:`~concurrent.futures.Future` that always completes.  Network I/O never happens
+while a lock is held.
 """
 
 from __future__ import annotations
