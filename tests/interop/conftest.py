@@ -132,8 +132,8 @@ def pytest_sessionfinish(session: pytest.Session) -> None:
         Path(path).write_text(_matrix())
 
 
-def _cell(outcomes: dict[str, str] | None) -> str:
-    values = set((outcomes or {}).values())
+def _cell(outcomes: dict[str, str]) -> str:
+    values = set(outcomes.values())
     if values <= {"n/a"}:
         return "—"
     if values == {"passed"}:
@@ -148,7 +148,7 @@ def _matrix() -> str:
     features = list(dict.fromkeys(feature for feature, _ in _OUTCOMES))
     header = ["feature", *SERVER_NAMES]
     rows = [header] + [
-        [feature] + [_cell(_OUTCOMES.get((feature, name))) for name in SERVER_NAMES]
+        [feature] + [_cell(_OUTCOMES.get((feature, name), {})) for name in SERVER_NAMES]
         for feature in features
     ]
     widths = [max(len(row[i]) for row in rows) for i in range(len(header))]
