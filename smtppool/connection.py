@@ -18,7 +18,7 @@ import socket
 import ssl
 import threading
 import time
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from types import TracebackType
 from typing import Any, NoReturn
 
@@ -39,7 +39,7 @@ from .message import MessageInput, MessageSource, prepare_message
 from .oauth2 import OAuth2
 from .protocol import Extensions, Reply, SMTPProtocol, State, decode_challenge
 
-__all__ = ["SMTPConnection"]
+__all__ = ["SMTPConnection", "quit_all"]
 
 #: Bytes asked of the socket per ``recv``.
 READ_CHUNK_BYTES = 64 * 1024
@@ -896,18 +896,30 @@ class SMTPConnection:
 
     def quit(self) -> None:
         """Say goodbye and close; a server that just hangs up (even mid-TLS) is fine too."""
+        quit_all([self])
+
+    def _say_quit(self) -> float | None:
+        """The first half of :func:`quit_all`: write QUIT and return the deadline for its
+        reply; None (and the socket closed) when there is no session to say goodbye to."""
         if self._sock is None:
-            return
+            return None
         try:
             with self._guard("quitting"):
                 if self._protocol.state in (State.CLOSED, State.FAILED) or self._protocol.pending:
-                    return
+                    self.close()
+                    return None
                 self._write(self._protocol.quit())
-                self._read_reply(
-                    time.monotonic() + min(self.options.socket_timeout, QUIT_TIMEOUT),
-                    "quitting",
-                    closing_ok=True,
-                )
+                return time.monotonic() + min(self.options.socket_timeout, QUIT_TIMEOUT)
+        except (ConnectError, TLSError, SMTPTimeoutError) as exc:
+            self._log.debug("ignoring %s while quitting %s", exc.code, self.options.host)
+            self.close()
+            return None
+
+    def _hear_quit(self, deadline: float) -> None:
+        """The second half of :func:`quit_all`: wait for the reply to QUIT, then close."""
+        try:
+            with self._guard("quitting"):
+                self._read_reply(deadline, "quitting", closing_ok=True)
         except (ConnectError, TLSError, SMTPTimeoutError) as exc:
             self._log.debug("ignoring %s while quitting %s", exc.code, self.options.host)
         finally:
@@ -940,3 +952,11 @@ class SMTPConnection:
             self.quit()
         else:
             self.close()
+
+
+def quit_all(connections: Iterable[SMTPConnection]) -> None:
+    """QUIT several sessions at once and close them: every QUIT is written before any
+    reply is awaited, so closing N connections takes one round trip, not N."""
+    said = [(c, deadline) for c in connections if (deadline := c._say_quit()) is not None]
+    for connection, deadline in said:
+        connection._hear_quit(deadline)

@@ -28,7 +28,7 @@ from types import TracebackType
 from typing import Any, BinaryIO, NamedTuple, cast
 
 from .config import Options
-from .connection import SMTPConnection
+from .connection import SMTPConnection, quit_all
 from .envelope import Envelope, SendResult, pair_with_envelope
 from .errors import ConnectError, PoolClosedError, SMTPError, SMTPTimeoutError
 from .message import CHUNK_BYTES, MessageInput
@@ -538,17 +538,20 @@ class SMTPPool:
             COOL_DOWN,
         )
 
-    def _retire(self, connection: SMTPConnection, *, polite: bool = True) -> None:
-        """Close a connection for good (QUIT first when ``polite``) and free its lease."""
+    def _retire(self, *connections: SMTPConnection, polite: bool = True) -> None:
+        """Close connections for good (QUIT first when ``polite``, all in one round trip)
+        and free their leases."""
         if polite:
-            connection.quit()
+            quit_all(connections)
         else:
-            connection.close()
+            for connection in connections:
+                connection.close()
         with self._lock:
-            lease = self._leases.pop(connection, None)
-            self._counts["connections_retired"] += 1
-        if lease is not None:
-            lease.release()
+            leases = [self._leases.pop(connection, None) for connection in connections]
+            self._counts["connections_retired"] += len(connections)
+        for lease in leases:
+            if lease is not None:
+                lease.release()
 
     def _cooling(self) -> bool:
         with self._lock:
@@ -607,13 +610,13 @@ class SMTPPool:
     def _reap(self) -> None:
         limit = self.options.idle_timeout
         now = time.monotonic()
-        for connection in self._take_idle(lambda slot: now - slot.since >= limit):
-            self._log.debug("closing a connection idle for %.0f s", limit)
-            self._retire(connection)
+        expired = self._take_idle(lambda slot: now - slot.since >= limit)
+        if expired:
+            self._log.debug("closing %d connection(s) idle for %.0f s", len(expired), limit)
+            self._retire(*expired)
 
     def _drain_idle(self, *, polite: bool) -> None:
-        for connection in self._take_idle(lambda slot: True):
-            self._retire(connection, polite=polite)
+        self._retire(*self._take_idle(lambda slot: True), polite=polite)
 
     def _after_fork(self) -> None:
         """In a forked child: drop the parent's sockets unread and start afresh."""
