@@ -63,6 +63,14 @@ def _set_timeout(sock: socket.socket, seconds: float) -> None:
         sock.settimeout(seconds)
 
 
+def _lost_after_end_of_data(exc: ConnectError | SMTPTimeoutError) -> None:
+    """A connection lost after the end of the data, with no verdict, may have delivered
+    the message.  When the write of the end itself failed part-way this is conservative:
+    the terminator may not have left."""
+    if exc.response_code is None:
+        exc.delivery_unknown = True
+
+
 @functools.lru_cache(maxsize=1)
 def _local_fqdn() -> str:
     return socket.getfqdn()
@@ -220,21 +228,21 @@ class SMTPConnection:
         The deadline covers the whole reply, so a server dripping bytes cannot extend it.
         A 421 (server closing) raises :class:`ConnectError` unless ``closing_ok``.
         """
-        sock = self._socket()
-        if deadline is None:
-            deadline = time.monotonic() + self.options.socket_timeout
         protocol = self._protocol
-        try:
-            while True:
-                reply = protocol.next_reply()
-                if reply is not None:
-                    break
-                if protocol.peer_closed:
-                    raise ConnectError(f"connection closed by the server while {doing}")
-                _set_timeout(sock, self._remaining(deadline, doing))
-                protocol.receive_data(sock.recv(READ_CHUNK_BYTES))
-        except OSError as exc:
-            self._raise_translated(exc, doing)
+        reply = protocol.next_reply()  # pipelined replies often arrived together
+        if reply is None:
+            sock = self._socket()
+            if deadline is None:
+                deadline = time.monotonic() + self.options.socket_timeout
+            try:
+                while reply is None:
+                    if protocol.peer_closed:
+                        raise ConnectError(f"connection closed by the server while {doing}")
+                    _set_timeout(sock, self._remaining(deadline, doing))
+                    protocol.receive_data(sock.recv(READ_CHUNK_BYTES))
+                    reply = protocol.next_reply()
+            except OSError as exc:
+                self._raise_translated(exc, doing)
         self.last_reply = reply
         if self._trace:
             self._log.debug(
@@ -594,13 +602,16 @@ class SMTPConnection:
         The end of the data leaves with the first write, so from then on a lost
         connection leaves the outcome unknown (as after DATA's final dot).
         """
-        with self._after_end_of_data():
+        try:
             self._stream(b"".join([*batch, self._protocol.bdat(chunk, last=True)]))
             replies = [self._read_reply() for _ in range(len(env.rcpt_to) + 1)]
             accepted, rejected, errors, responses, failure = self._judge_envelope(
                 env, replies[0], replies[1:]
             )
             finals = self._read_verdicts(len(accepted))
+        except (ConnectError, SMTPTimeoutError) as exc:
+            _lost_after_end_of_data(exc)
+            raise
         if failure is not None:  # no transaction took the BDAT, which was refused too
             self._abort()
             raise failure
@@ -639,10 +650,10 @@ class SMTPConnection:
         p = self._protocol
         held = b""
         for chunk in source.chunks:
-            self._stream(held)
+            if held:
+                self._stream(held)
             held = p.send_data(chunk)
-        end = held + p.end_data()
-        return self._finish(end + then(), accepted)
+        return self._finish(held + p.end_data() + then(), accepted)
 
     def _send_chunks(self, chunks: Iterator[bytes], accepted: int) -> list[Reply]:
         """BDAT (CHUNKING): each chunk announced with its size, the last one with LAST."""
@@ -657,31 +668,21 @@ class SMTPConnection:
             chunk = following
         return self._finish(p.bdat(chunk, last=True), accepted)
 
-    @contextlib.contextmanager
-    def _after_end_of_data(self) -> Iterator[None]:
-        """A connection lost in here, with no verdict, may have delivered the message.
-
-        When the write of the end itself fails part-way this is conservative: the
-        terminator may not have left."""
-        try:
-            yield
-        except (ConnectError, SMTPTimeoutError) as exc:
-            if exc.response_code is None:
-                exc.delivery_unknown = True
-            raise
-
     def _read_verdicts(self, accepted: int) -> list[Reply]:
         """The reply to the end of the data: one per accepted recipient under LMTP."""
-        count = max(accepted, 1) if self.options.lmtp else 1
-        return [
-            self._read_reply(doing="waiting for the reply to the message") for _ in range(count)
-        ]
+        doing = "waiting for the reply to the message"
+        if not self.options.lmtp:
+            return [self._read_reply(doing=doing)]
+        return [self._read_reply(doing=doing) for _ in range(max(accepted, 1))]
 
     def _finish(self, end: bytes, accepted: int) -> list[Reply]:
         """Send the end of the data and read the verdict."""
-        with self._after_end_of_data():
+        try:
             self._stream(end)
             return self._read_verdicts(accepted)
+        except (ConnectError, SMTPTimeoutError) as exc:
+            _lost_after_end_of_data(exc)
+            raise
 
     def _outcome(
         self,
@@ -747,7 +748,7 @@ class SMTPConnection:
         source = prepare_message(item[1], international=env.is_international)
         p = self._protocol
         commands = self._mail_command(env, source)
-        commands += b"".join(p.rcpt(r, dsn=env.dsn) for r in env.rcpt_to) + p.data()
+        commands += b"".join([p.rcpt(r, dsn=env.dsn) for r in env.rcpt_to]) + p.data()
         return env, source, commands
 
     def _pipeline(

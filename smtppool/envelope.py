@@ -107,6 +107,8 @@ class Envelope:
     size: int | None = None
     use_8bit_mime: bool = False
     dsn: DSN | None = None
+    #: True when an address needs SMTPUTF8 (RFC 6531); computed from the addresses.
+    is_international: bool = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
         check_address(self.mail_from, "sender")
@@ -114,15 +116,12 @@ class Envelope:
         if not recipients:
             raise ValueError("an envelope needs at least one recipient")
         object.__setattr__(self, "rcpt_to", recipients)
+        international = not (self.mail_from.isascii() and all(r.isascii() for r in recipients))
+        object.__setattr__(self, "is_international", international)
         if self.size is not None and (not isinstance(self.size, int) or self.size < 0):
             raise ValueError(f"envelope size must be a non-negative int, not {self.size!r}")
         if self.dsn is not None and not isinstance(self.dsn, DSN):
             raise TypeError(f"dsn must be a smtppool.DSN, not {type(self.dsn).__name__}")
-
-    @property
-    def is_international(self) -> bool:
-        """True when an address needs SMTPUTF8 (RFC 6531)."""
-        return not all(a.isascii() for a in (self.mail_from, *self.rcpt_to))
 
     @classmethod
     def coerce(cls, value: Envelope | Mapping[str, Any]) -> Envelope:

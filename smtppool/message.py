@@ -57,7 +57,7 @@ class DataEncoder:
 
     def feed(self, chunk: bytes | bytearray | memoryview) -> bytes:
         """Encode the next piece of content."""
-        data = bytes(chunk)
+        data = chunk if type(chunk) is bytes else bytes(chunk)
         if self._skip_lf and data[:1] == b"\n":
             data = data[1:]
         if not data:
@@ -162,7 +162,8 @@ def prepare_message(
         message = message.encode("utf-8")
     if isinstance(message, (bytes, bytearray, memoryview)):
         data = bytes(message)
-        return MessageSource(_slices(data, chunk_size), len(data), not data.isascii())
+        chunks = iter((data,)) if len(data) <= chunk_size else _slices(data, chunk_size)
+        return MessageSource(chunks, len(data), not data.isascii())
     if hasattr(message, "read"):
         if isinstance(message, io.TextIOBase):
             raise TypeError("message files must be opened in binary mode ('rb')")

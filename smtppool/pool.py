@@ -21,7 +21,7 @@ import time
 import weakref
 from collections import deque
 from collections.abc import Iterable, Iterator, Mapping
-from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import Future, InvalidStateError, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from email.message import Message
 from types import TracebackType
@@ -421,9 +421,9 @@ class SMTPPool:
     ) -> None:
         """Settle a message, or put it in ``retry`` when the failure proves it was not taken."""
         if isinstance(outcome, SendResult):
-            with self._lock:
+            with self._lock:  # counted before the caller can see the result
                 self._throttle_pause = THROTTLE_PAUSE
-            self._count("sent")
+                self._counts["sent"] += 1
             _settle(job.future, result=outcome)
             self._release(job)
             return
@@ -641,13 +641,15 @@ def _settle(
     result: SendResult | None = None,
     exception: BaseException | None = None,
 ) -> None:
-    if future.done():
-        return
-    if exception is not None:
-        future.set_exception(exception)
-    else:
-        assert result is not None
-        future.set_result(result)
+    """Complete ``future`` unless it already is (cancelled, or failed by close)."""
+    try:
+        if exception is not None:
+            future.set_exception(exception)
+        else:
+            assert result is not None
+            future.set_result(result)
+    except InvalidStateError:
+        pass
 
 
 def _reap_idle(pool_ref: weakref.ref[SMTPPool], stop: threading.Event, interval: float) -> None:

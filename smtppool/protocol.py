@@ -31,6 +31,8 @@ MAX_REPLY_LINES = 1000
 
 _ENHANCED = re.compile(r"^([245])\.(\d{1,3})\.(\d{1,3})(?:\s|$)")
 _CONTROL = re.compile(r"[\x00-\x1f\x7f]")
+_REPLY_CODE = re.compile(rb"[2-5][0-9][0-9]")
+_SEPARATORS = (b" ", b"-", b"")
 
 
 class State(enum.Enum):
@@ -51,20 +53,21 @@ class State(enum.Enum):
 
 _S = State
 #: verb -> (states it may be issued in, state right after issuing it or None to keep).
-_TRANSITIONS: dict[str, tuple[frozenset[State], State | None]] = {
-    "EHLO": (frozenset({_S.HELLO, _S.READY}), None),
-    "LHLO": (frozenset({_S.HELLO, _S.READY}), None),
-    "HELO": (frozenset({_S.HELLO, _S.READY}), None),
-    "STARTTLS": (frozenset({_S.READY}), None),
-    "AUTH": (frozenset({_S.READY}), _S.AUTH),
-    "MAIL": (frozenset({_S.READY}), _S.MAIL),
-    "RCPT": (frozenset({_S.MAIL, _S.RCPT}), _S.RCPT),
-    "DATA": (frozenset({_S.RCPT}), _S.DATA),
-    "BDAT": (frozenset({_S.RCPT, _S.BDAT}), _S.BDAT),
-    "RSET": (frozenset({_S.READY, _S.MAIL, _S.RCPT, _S.BDAT}), _S.READY),
-    "NOOP": (frozenset({_S.HELLO, _S.READY, _S.MAIL, _S.RCPT}), None),
+#: Tuples, not sets: membership by identity skips hashing the Enum in Python code.
+_TRANSITIONS: dict[str, tuple[tuple[State, ...], State | None]] = {
+    "EHLO": ((_S.HELLO, _S.READY), None),
+    "LHLO": ((_S.HELLO, _S.READY), None),
+    "HELO": ((_S.HELLO, _S.READY), None),
+    "STARTTLS": ((_S.READY,), None),
+    "AUTH": ((_S.READY,), _S.AUTH),
+    "MAIL": ((_S.READY,), _S.MAIL),
+    "RCPT": ((_S.MAIL, _S.RCPT), _S.RCPT),
+    "DATA": ((_S.RCPT,), _S.DATA),
+    "BDAT": ((_S.RCPT, _S.BDAT), _S.BDAT),
+    "RSET": ((_S.READY, _S.MAIL, _S.RCPT, _S.BDAT), _S.READY),
+    "NOOP": ((_S.HELLO, _S.READY, _S.MAIL, _S.RCPT), None),
     "QUIT": (
-        frozenset({_S.GREETING, _S.HELLO, _S.READY, _S.AUTH, _S.MAIL, _S.RCPT, _S.BDAT}),
+        (_S.GREETING, _S.HELLO, _S.READY, _S.AUTH, _S.MAIL, _S.RCPT, _S.BDAT),
         _S.CLOSED,
     ),
 }
@@ -106,7 +109,7 @@ class Reply:
         return self.code >= 500
 
     def __str__(self) -> str:
-        return " ".join((str(self.code), *self.lines)).rstrip()
+        return f"{self.code} {' '.join(self.lines)}".rstrip()
 
 
 class Extensions(Mapping[str, str]):
@@ -146,7 +149,7 @@ class Extensions(Mapping[str, str]):
         return self._items[key.upper()]
 
     def __contains__(self, key: object) -> bool:
-        return isinstance(key, str) and key.upper() in self._items
+        return key in self._items or (isinstance(key, str) and key.upper() in self._items)
 
     def __iter__(self) -> Iterator[str]:
         return iter(self._items)
@@ -246,36 +249,34 @@ class SMTPProtocol:
 
     def next_reply(self) -> Reply | None:
         """Return the next complete reply, or None if more data is needed."""
-        self._check_usable()
-        while True:
-            newline = self._buffer.find(b"\n")
-            if newline < 0:
-                if len(self._buffer) > self.max_line_length + 1:
-                    self._fail(f"reply line longer than {self.max_line_length} bytes")
-                return None
-            raw = bytes(self._buffer[: newline + 1])
-            del self._buffer[: newline + 1]
-            line = raw[:-2] if raw.endswith(b"\r\n") else raw[:-1]
-            if len(line) > self.max_line_length:
+        if self.state is State.FAILED:
+            self._check_usable()
+        buffer = self._buffer
+        while (newline := buffer.find(b"\n")) >= 0:
+            end = newline - 1 if newline and buffer[newline - 1] == 13 else newline  # CR
+            line = bytes(buffer[:end])
+            del buffer[: newline + 1]
+            if end > self.max_line_length:
                 self._fail(f"reply line longer than {self.max_line_length} bytes")
-            code, more, text = self._parse_line(line)
+            sep = line[3:4]
+            if not (_REPLY_CODE.match(line) and sep in _SEPARATORS):
+                self._fail(f"malformed reply line {line[:80]!r}")
+            code = int(line[:3])
+            text = line[4:].decode("utf-8", "replace")
+            if sep != b"-" and not self._lines:  # the usual single-line reply
+                return self._on_reply(code, (text,))
             if self._lines and code != self._code:
                 self._fail(f"multi-line reply mixes codes {self._code} and {code}")
             self._code = code
             self._lines.append(text)
             if len(self._lines) > self.max_reply_lines:
                 self._fail(f"reply has more than {self.max_reply_lines} lines")
-            if not more:
+            if sep != b"-":
                 lines, self._lines = tuple(self._lines), []
                 return self._on_reply(code, lines)
-
-    def _parse_line(self, line: bytes) -> tuple[int, bool, str]:
-        head, sep = line[:3], line[3:4]
-        if len(head) < 3 or not head.isdigit() or not b"2" <= head[:1] <= b"5":
-            self._fail(f"malformed reply line {line[:80]!r}")
-        if sep not in (b" ", b"-", b""):
-            self._fail(f"malformed reply line {line[:80]!r}")
-        return int(head), sep == b"-", line[4:].decode("utf-8", "replace")
+        if len(buffer) > self.max_line_length + 1:
+            self._fail(f"reply line longer than {self.max_line_length} bytes")
+        return None
 
     def _on_reply(self, code: int, lines: tuple[str, ...]) -> Reply:
         if not self._pending:
@@ -294,36 +295,50 @@ class SMTPProtocol:
                 self._pending.appendleft(pending)
         if code == 421:
             self.state = State.CLOSED
-        elif self.state not in (State.CLOSED, State.FAILED):
-            self._advance(pending, reply)
+        elif self.state is not State.CLOSED and self.state is not State.FAILED:
+            advance = _ADVANCE.get(pending.verb)
+            if advance is not None:
+                advance(self, pending, reply)
         return reply
 
-    def _advance(self, pending: _Pending, reply: Reply) -> None:
-        """Apply what a reply means for the session's state."""
-        verb, ok = pending.verb, reply.is_positive
-        if verb == "<greeting>" and ok:
+    # What each reply means for the session's state, by the verb it answers.
+
+    def _after_greeting(self, pending: _Pending, reply: Reply) -> None:
+        if reply.is_positive:
             self.state = State.HELLO
-        elif verb in ("EHLO", "LHLO", "HELO") and ok:
-            ehlo = verb != "HELO"
+
+    def _after_hello(self, pending: _Pending, reply: Reply) -> None:
+        if reply.is_positive:
+            ehlo = pending.verb != "HELO"
             self.extensions = Extensions.parse(reply.lines[1:]) if ehlo else Extensions()
             self.state = State.READY
-        elif verb == "STARTTLS" and reply.code == 220:
+
+    def _after_starttls(self, pending: _Pending, reply: Reply) -> None:
+        if reply.code == 220:
             if self._buffer:
                 self._fail("server sent data after its STARTTLS reply (response injection)")
             self.extensions = Extensions()
             self.state = State.HELLO
-        elif verb == "AUTH" and reply.code != 334:
+
+    def _after_auth(self, pending: _Pending, reply: Reply) -> None:
+        if reply.code != 334:
             self.authenticated = reply.code == 235
             self.state = State.READY
-        elif verb == "MAIL" and not ok and self.state in (State.MAIL, State.RCPT):
+
+    def _after_mail(self, pending: _Pending, reply: Reply) -> None:
+        if not reply.is_positive and self.state in (State.MAIL, State.RCPT):
             self.state = State.READY
-        elif verb == "RCPT" and ok and pending.txn is not None:
+
+    def _after_rcpt(self, pending: _Pending, reply: Reply) -> None:
+        if reply.is_positive and pending.txn is not None:
             pending.txn.accepted += 1
-        elif verb == "DATA":
-            if reply.code == 354 and self.state == State.DATA:
+
+    def _after_data(self, pending: _Pending, reply: Reply) -> None:
+        if self.state is State.DATA:
+            if reply.code == 354:
                 self._encoder = DataEncoder(dot_stuff=True)
                 self.state = State.MESSAGE
-            elif self.state == State.DATA:
+            else:
                 self.state = State.READY
 
     # -- sending -----------------------------------------------------------------------
@@ -346,7 +361,8 @@ class SMTPProtocol:
         payload: bytes = b"",
     ) -> bytes:
         """Check state, pipelining and injection rules, record the expectation, encode."""
-        self._check_usable()
+        if self.state is State.FAILED:
+            self._check_usable()
         allowed, after = _TRANSITIONS[verb]
         if self.state not in allowed:
             raise ValueError(f"cannot send {verb} in state {self.state.name}")
@@ -458,15 +474,18 @@ class SMTPProtocol:
     def data(self) -> bytes:
         return self._issue("DATA", "DATA")
 
+    def _content_encoder(self, what: str) -> DataEncoder:
+        if self.state is not State.MESSAGE or self._encoder is None:
+            raise ValueError(f"{what} can only follow a 354 reply, not {self.state.name}")
+        return self._encoder
+
     def send_data(self, chunk: bytes) -> bytes:
         """Encode a piece of message content (after 354): CRLF line ends, dots stuffed."""
-        if self.state != State.MESSAGE or self._encoder is None:
-            raise ValueError(f"message content can only follow a 354 reply, not {self.state.name}")
-        return self._encoder.feed(chunk)
+        return self._content_encoder("message content").feed(chunk)
 
     def end_data(self) -> bytes:
         """Finish the content with the terminator the last byte calls for."""
-        data = self.send_data(b"") + (self._encoder.finish() if self._encoder else b"")
+        data = self._content_encoder("the end of data").finish()
         self._pending.append(_Pending(".", "<end of data>", self._txn, final=True))
         self._encoder = None
         self.state = State.READY
@@ -496,3 +515,16 @@ class SMTPProtocol:
 
     def quit(self) -> bytes:
         return self._issue("QUIT", "QUIT")
+
+
+_ADVANCE = {
+    "<greeting>": SMTPProtocol._after_greeting,
+    "EHLO": SMTPProtocol._after_hello,
+    "LHLO": SMTPProtocol._after_hello,
+    "HELO": SMTPProtocol._after_hello,
+    "STARTTLS": SMTPProtocol._after_starttls,
+    "AUTH": SMTPProtocol._after_auth,
+    "MAIL": SMTPProtocol._after_mail,
+    "RCPT": SMTPProtocol._after_rcpt,
+    "DATA": SMTPProtocol._after_data,
+}
