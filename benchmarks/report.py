@@ -77,6 +77,19 @@ def write_docs(results: dict[str, Any], docs: Path) -> None:
                 f"{r['rate_min']:>6.0f}-{r['rate_max']:<6.0f} {r['cpu_ms_per_msg']:>7.3f} "
                 f"{ours['rate'] / r['rate']:>6.2f}"
             )
+    ceilings = []
+    for rtt_text, measured in results.get("measured_rtt_ms", {}).items():
+        rtt = float(rtt_text)
+        ours = next(
+            r for r in results["results"] if r["rtt_ms"] == rtt and r["client"] == "smtppool pool"
+        )
+        ceilings.append(
+            f"At {rtt:g} ms the ceiling with 5 connections and one round trip per message is "
+            f"{5000 / rtt:.0f} messages/s; smtppool pool reached {ours['rate'] / (5000 / rtt):.2f} "
+            f"of it.  A NOOP through the proxy measured {measured:.2f} ms (the proxy and the "
+            f"sink share a core), for which the ceiling is {5000 / measured:.0f}/s: "
+            f"{ours['rate'] / (5000 / measured):.2f} of that."
+        )
     memory, callers = curves["memory"], curves["callers"]
     five, thousand = (c["rate"] for c in callers)
     machine = results["machine"]
@@ -101,6 +114,8 @@ Peers
 
    client                          RTT    msgs/s   min-max       CPU ms  ratio
 {chr(10).join(rows)}
+
+{chr(10).join(ceilings)}
 
 Connections and round-trip time
 -------------------------------
