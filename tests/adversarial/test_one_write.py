@@ -1,4 +1,5 @@
-"""CHUNKING + PIPELINING: MAIL, RCPT and BDAT LAST with the message, in one write."""
+"""CHUNKING + PIPELINING: MAIL, RCPT and BDAT LAST with the message, in one write; the
+chunks of a larger message pipelined instead of a round trip each."""
 
 from __future__ import annotations
 
@@ -6,7 +7,7 @@ from collections.abc import Callable
 
 import pytest
 
-from smtppool import ConnectError, Envelope, EnvelopeError, SMTPConnection
+from smtppool import ConnectError, Envelope, EnvelopeError, MessageError, SMTPConnection
 from smtppool.protocol import State
 from smtppool.sink import Sink
 
@@ -80,3 +81,57 @@ def test_lmtp_verdicts_in_one_write(smtpd: Callable[..., Sink]) -> None:
         conn.send(Envelope("a@x.org", "b@x.org"), BODY)  # the session is in step
     assert [m.transfer for m in sink.messages] == ["BDAT", "BDAT"]
     assert sink.messages[0].data == BODY
+
+
+CHUNKS = [b"one\r\n", b"two\r\n", b"three\r\n", b"four\r\n"]  # BDAT 5, 5, 7, 6 LAST
+THREE_CHUNKS_UNANSWERED = [
+    *hello("PIPELINING", "CHUNKING"),
+    expect(b"MAIL"),
+    expect(b"RCPT"),
+    send(b"250 ok\r\n250 ok\r\n"),
+    # Nothing is answered until all three chunks are in: a client waiting for each
+    # chunk's reply would stall here and this read would time out.
+    *(
+        step
+        for size, data in [(5, b"one"), (5, b"two"), (7, b"three")]
+        for step in (expect(b"BDAT %d\r" % size), expect(data))
+    ),
+]
+
+
+def test_chunks_leave_before_their_replies(scripted: Scripted) -> None:
+    server = scripted(
+        [
+            *THREE_CHUNKS_UNANSWERED,
+            send(b"250 2.0.0 5 octets\r\n250 2.0.0 5 octets\r\n250 2.0.0 7 octets\r\n"),
+            expect(b"BDAT 6 LAST"),
+            expect(b"four"),
+            send(b"250 2.0.0 queued\r\n"),
+            expect(b"QUIT"),
+            send(b"221 bye\r\n"),
+        ]
+    )
+    conn = client(server)
+    result = conn.send(Envelope("a@x.org", "b@x.org"), iter(CHUNKS))
+    assert result.response == "250 2.0.0 queued"
+    conn.quit()
+
+
+def test_a_refused_chunk_stops_the_message_and_resets(scripted: Scripted) -> None:
+    """Every pipelined chunk's reply is read, LAST is never sent, RSET follows."""
+    server = scripted(
+        [
+            *THREE_CHUNKS_UNANSWERED,
+            send(b"250 2.0.0 ok\r\n552 5.3.4 too big\r\n250 2.0.0 ok\r\n"),
+            expect(b"RSET"),
+            send(b"250 2.0.0 reset\r\n"),
+            expect(b"QUIT"),
+            send(b"221 bye\r\n"),
+        ]
+    )
+    conn = client(server)
+    with pytest.raises(MessageError, match="BDAT refused") as info:
+        conn.send(Envelope("a@x.org", "b@x.org"), iter(CHUNKS))
+    assert info.value.response_code == 552
+    assert conn.is_connected and conn.state is State.READY
+    conn.quit()
