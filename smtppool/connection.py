@@ -980,5 +980,9 @@ def quit_all(connections: Iterable[SMTPConnection]) -> None:
     """QUIT several sessions at once and close them: every QUIT is written before any
     reply is awaited, so closing N connections takes one round trip, not N."""
     said = [(c, deadline) for c in connections if (deadline := c._say_quit()) is not None]
-    for connection, deadline in said:
-        connection._hear_quit(deadline)
+    try:
+        for connection, deadline in said:
+            connection._hear_quit(deadline)
+    finally:  # a reply that raised (say, a malformed one) must not leave the others open
+        for connection, _ in said:
+            connection.close()

@@ -5,37 +5,42 @@ from __future__ import annotations
 
 import socket
 import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
 
-from smtppool import SMTPConnection
+import pytest
+
+from smtppool import ProtocolError, SMTPConnection
 from smtppool.connection import quit_all
 
 from ..servers import Peer, hello
 
-SESSIONS = 3
 
-
-def test_every_quit_is_written_before_any_reply_is_awaited() -> None:
+@contextmanager
+def quit_server(answers: list[bytes]) -> Iterator[tuple[list[SMTPConnection], list[bool]]]:
+    """One connected session per answer; the server answers no QUIT until every session
+    has sent one (a client waiting for each reply before the next QUIT would leave the
+    later ones missing), then sends each session its answer.  Yields the sessions and,
+    per session, whether its QUIT arrived in time (filled in after the block)."""
     listener = socket.create_server(("127.0.0.1", 0))
     listener.settimeout(10)
     peers: list[Peer] = []
     quit_arrived: list[bool] = []
 
     def serve() -> None:
-        for _ in range(SESSIONS):
+        for _ in answers:
             peer = Peer(listener.accept()[0])
             peers.append(peer)
             for step in hello():
                 step(peer)
-        # Answer no QUIT until every session has sent one: a client that waits for
-        # each reply before the next QUIT would leave the later ones missing here.
         for peer in peers:
             try:
                 peer.read_until(b"QUIT\r\n", timeout=3)
                 quit_arrived.append(True)
             except AssertionError:
                 quit_arrived.append(False)
-        for peer in peers:
-            peer.sock.sendall(b"221 bye\r\n")
+        for peer, answer in zip(peers, answers, strict=True):
+            peer.sock.sendall(answer)
             peer.sock.close()
 
     server = threading.Thread(target=serve, daemon=True)
@@ -43,14 +48,29 @@ def test_every_quit_is_written_before_any_reply_is_awaited() -> None:
     port = listener.getsockname()[1]
     connections = [
         SMTPConnection(host="127.0.0.1", port=port, socket_timeout=5, greeting_timeout=5)
-        for _ in range(SESSIONS)
+        for _ in answers
     ]
-    for connection in connections:
-        connection.connect()
-    quit_all(connections)
-    server.join(15)
-    listener.close()
-    assert quit_arrived == [True] * SESSIONS
+    try:
+        for connection in connections:
+            connection.connect()
+        yield connections, quit_arrived
+    finally:
+        server.join(15)
+        listener.close()
+
+
+def test_every_quit_is_written_before_any_reply_is_awaited() -> None:
+    with quit_server([b"221 bye\r\n"] * 3) as (connections, quit_arrived):
+        quit_all(connections)
+    assert quit_arrived == [True] * 3
+    assert not any(connection.is_connected for connection in connections)
+
+
+def test_a_bad_goodbye_still_closes_every_session() -> None:
+    with quit_server([b"garbage\r\n", b"221 bye\r\n"]) as (connections, quit_arrived):
+        with pytest.raises(ProtocolError):
+            quit_all(connections)
+    assert quit_arrived == [True, True]
     assert not any(connection.is_connected for connection in connections)
 
 
