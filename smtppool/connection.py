@@ -653,8 +653,7 @@ class SMTPConnection:
         p = self._protocol
         held = b""
         for chunk in source.chunks:
-            if held:
-                self._stream(held)
+            self._stream(held)
             held = p.send_data(chunk)
         return self._finish(held + p.end_data() + then(), accepted)
 

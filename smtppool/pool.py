@@ -527,14 +527,15 @@ class SMTPPool:
         with self._lock:
             self._connect_failures += 1
             self._last_connect_error = exc
-            if self._connect_failures < CONNECT_FAILURE_LIMIT:
+            failures = self._connect_failures
+            if failures < CONNECT_FAILURE_LIMIT:
                 return
             self._dial_again_at = time.monotonic() + COOL_DOWN
         self._log.warning(
             "%s:%s: %d connection attempts failed; pausing new connections for %.0f s",
             self.options.host,
             self.options.port,
-            self._connect_failures,
+            failures,
             COOL_DOWN,
         )
 
