@@ -10,6 +10,8 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
+from .__main__ import ceiling  # noqa: E402
+
 
 def _plot(
     path: Path,
@@ -59,13 +61,12 @@ def write_docs(results: dict[str, Any], docs: Path) -> None:
     for point in curves["rtt"]:
         name = "smtppool pool" if point["client"] == "smtppool-pool" else "Nodemailer pool"
         by_client.setdefault(name, []).append((point["rtt_ms"], point["rate"]))
-    ceiling = [(float(rtt), 5 * 1000 / rtt) for rtt in (5, 20, 80)]
     _plot(
         docs / "bench-rtt.png",
         "5 connections: messages/s by round-trip time",
         "RTT (ms)",
         by_client,
-        ceiling,
+        [(float(rtt), ceiling(rtt)) for rtt in (5, 20, 80)],
     )
     rows = []
     for rtt in sorted({r["rtt_ms"] for r in results["results"]}):
@@ -85,10 +86,11 @@ def write_docs(results: dict[str, Any], docs: Path) -> None:
         )
         ceilings.append(
             f"At {rtt:g} ms the ceiling with 5 connections and one round trip per message is "
-            f"{5000 / rtt:.0f} messages/s; smtppool pool reached {ours['rate'] / (5000 / rtt):.2f} "
-            f"of it.  A NOOP through the proxy measured {measured:.2f} ms (the proxy and the "
-            f"sink share a core), for which the ceiling is {5000 / measured:.0f}/s: "
-            f"{ours['rate'] / (5000 / measured):.2f} of that."
+            f"{ceiling(rtt):.0f} messages/s; smtppool pool reached "
+            f"{ours['rate'] / ceiling(rtt):.2f} of it.  A NOOP through the proxy measured "
+            f"{measured:.2f} ms (the proxy and the sink share a core), for which the ceiling "
+            f"is {ceiling(measured):.0f}/s: "
+            f"{ours['rate'] / ceiling(measured):.2f} of that."
         )
     memory, callers = curves["memory"], curves["callers"]
     five, thousand = (c["rate"] for c in callers)
