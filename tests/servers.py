@@ -159,6 +159,11 @@ def hello(*extensions: str) -> list[Step]:
     ]
 
 
+def goodbye() -> list[Step]:
+    """QUIT answered with 221."""
+    return [expect(b"QUIT"), send(b"221 bye\r\n")]
+
+
 def up_to_data(*extensions: str) -> list[Step]:
     """Greeting, EHLO, and MAIL and RCPT accepted, ending when DATA arrives."""
     return [
@@ -184,8 +189,7 @@ def two_pipelined_messages() -> list[Step]:
         send(b"250 queued 1\r\n250 ok\r\n250 ok\r\n354 go\r\n"),
         expect_data(),
         send(b"250 queued 2\r\n"),
-        expect(b"QUIT"),
-        send(b"221 bye\r\n"),
+        *goodbye(),
     ]
 
 

@@ -11,7 +11,16 @@ from smtppool import ConnectError, Envelope, EnvelopeError, MessageError, SMTPCo
 from smtppool.protocol import State
 from smtppool.sink import Sink
 
-from ..servers import ScriptedServer, client_for, close, expect, expect_eof, hello, send
+from ..servers import (
+    ScriptedServer,
+    client_for,
+    close,
+    expect,
+    expect_eof,
+    goodbye,
+    hello,
+    send,
+)
 
 Scripted = Callable[..., ScriptedServer]
 BODY = b"hello\r\n"
@@ -34,8 +43,7 @@ def test_whole_transaction_before_any_reply(scripted: Scripted) -> None:
         [
             *ONE_WRITE,
             send(b"250 2.1.0 ok\r\n250 2.1.5 ok\r\n250 2.0.0 queued\r\n"),
-            expect(b"QUIT"),
-            send(b"221 bye\r\n"),
+            *goodbye(),
         ]
     )
     conn = client(server)
@@ -107,8 +115,7 @@ def test_chunks_leave_before_their_replies(scripted: Scripted) -> None:
             expect(b"BDAT 6 LAST"),
             expect(b"four"),
             send(b"250 2.0.0 queued\r\n"),
-            expect(b"QUIT"),
-            send(b"221 bye\r\n"),
+            *goodbye(),
         ]
     )
     conn = client(server)
@@ -125,8 +132,7 @@ def test_a_refused_chunk_stops_the_message_and_resets(scripted: Scripted) -> Non
             send(b"250 2.0.0 ok\r\n552 5.3.4 too big\r\n250 2.0.0 ok\r\n"),
             expect(b"RSET"),
             send(b"250 2.0.0 reset\r\n"),
-            expect(b"QUIT"),
-            send(b"221 bye\r\n"),
+            *goodbye(),
         ]
     )
     conn = client(server)
