@@ -95,7 +95,9 @@ def encode(
     pool does); the key defaults to the Message-ID, or a fresh UUID without one.
     """
     prepared, env = pair_with_envelope(message, envelope)
-    raw = flatten_message(prepared) if isinstance(prepared, Message) else prepared
+    raw = prepared
+    if isinstance(prepared, Message):  # as the pool flattens it: UTF-8 headers for SMTPUTF8
+        raw = flatten_message(prepared, international=env.is_international)
     if not isinstance(raw, bytes):
         raise TypeError("encode() takes bytes, str or email.message.Message")
     if key is None:

@@ -18,6 +18,7 @@ from typing import Any
 import pytest
 
 from smtppool.contrib.celery import encode, make_app, register, send_batch, settings_from_env
+from smtppool.message import flatten_message
 from smtppool.sink import Sink
 
 from ..interop.servers import free_port
@@ -151,6 +152,17 @@ def test_messages_travel_as_json_with_an_explicit_envelope() -> None:
         encode(b"x\r\n", {"from": "a@example.test", "to": "b@example.test"}, key="k1")["key"]
         == "k1"
     )
+
+
+def test_an_international_message_is_flattened_as_the_pool_sends_it() -> None:
+    message = EmailMessage()
+    message["From"] = "jörg@example.test"
+    message["To"] = "a@example.test"
+    message["Subject"] = "Grüße"
+    message.set_content("body\n")
+    raw = base64.b64decode(encode(message)["raw"])
+    assert raw == flatten_message(message, international=True)
+    assert "From: jörg@example.test\r\n".encode() in raw  # not an encoded-word address
 
 
 @pytest.mark.timeout(120)
