@@ -392,11 +392,15 @@ class SMTPPool:
     def _work(self, job: _Job) -> list[_Job]:
         """Send ``job`` (and whatever the connection can pipeline behind it) on one
         connection; return the jobs to try again."""
-        slot = self._checkout()
-        connection = slot.connection if slot is not None else None
-        reused = connection is not None
         handed: deque[_Job] = deque([job])
         retry: list[_Job] = []
+        try:
+            slot = self._checkout()
+        except BaseException as exc:  # no slot: the message still learns its fate
+            self._conclude(job, exc, False, retry)
+            return retry
+        connection = slot.connection if slot is not None else None
+        reused = connection is not None
         try:
             if connection is None:
                 connection = self._open()
@@ -473,9 +477,14 @@ class SMTPPool:
             raise ConnectError("no free connection slot in the pool") from None
         with self._lock:
             self._busy += 1
-        if slot is not None and not slot.connection.is_reusable():
-            self._retire(slot.connection)
-            return None
+        if slot is not None:
+            try:
+                reusable = slot.connection.is_reusable()
+            except (OSError, ValueError):  # a socket in a state nobody can use
+                reusable = False
+            if not reusable:
+                self._retire(slot.connection)
+                return None
         return slot
 
     def _checkin(self, connection: SMTPConnection | None) -> None:

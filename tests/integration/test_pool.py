@@ -25,6 +25,7 @@ from smtppool import (
     SMTPPool,
     TLSError,
 )
+from smtppool import pool as pool_module
 from smtppool.sink import Sink
 
 from ..servers import ScriptedServer, close, expect_data, send, up_to_data, wait_until
@@ -376,6 +377,35 @@ def test_idle_connections_are_closed_after_idle_timeout(
     assert pool.stats()["connections_retired"] == 1
     pool.send(RAW)  # and the pool still works
     assert sink.connections_opened == 2
+
+
+def test_a_message_without_a_slot_fails_and_strands_nothing(
+    smtpd: SinkFactory, make_pool: Callable[..., SMTPPool], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    sink = smtpd()
+    pool = make_pool(sink, max_connections=1)
+    pool.send(RAW)
+    monkeypatch.setattr(pool_module, "SLOT_TIMEOUT", 0.2)
+    slot = pool._idle.get_nowait()  # a slot leaked by some bug: the worker cannot have it
+    with pytest.raises(ConnectError, match="no free connection slot"):
+        pool.send(RAW, timeout=10)
+    assert pool.stats()["in_flight"] == 0 and pool.stats()["failed"] == 1
+    pool._idle.put(slot)
+    pool.send(RAW, timeout=10)  # the worker is not lost either
+    assert len(sink.messages) == 2
+
+
+def test_an_idle_connection_whose_socket_broke_is_replaced(
+    smtpd: SinkFactory, make_pool: Callable[..., SMTPPool]
+) -> None:
+    sink = smtpd()
+    pool = make_pool(sink, max_connections=1)
+    pool.send(RAW)
+    slot = pool._idle.queue[0]
+    assert slot is not None and slot.connection._sock is not None
+    slot.connection._sock.close()  # fileno() is now -1: select() raises ValueError
+    pool.send(RAW, timeout=10)
+    assert pool.stats()["connections_opened"] == 2 and len(sink.messages) == 2
 
 
 @pytest.mark.parametrize("wait", [True, False])
