@@ -143,8 +143,35 @@ def ensure_peers() -> dict[str, bool]:
     return available
 
 
+def core_ticks(core: str) -> list[int]:
+    """Kernel tick counters of one core (user, nice, system, idle, ..., steal), or []."""
+    with contextlib.suppress(OSError), open("/proc/stat") as stat:
+        for line in stat:
+            if line.startswith(f"cpu{core} "):
+                return [int(field) for field in line.split()[1:9]]
+    return []
+
+
+def core_shares(before: list[int], after: list[int]) -> tuple[float, float]:
+    """Idle and stolen shares of a core's time between two core_ticks() readings."""
+    delta = [b - a for a, b in zip(before, after, strict=True)]
+    total = sum(delta) or 1
+    return delta[3] / total, delta[7] / total
+
+
 def run_client(kind: str, port: int, count: int, conns: int) -> dict[str, float]:
-    """Run one client process pinned to the client core; return its measurements."""
+    """Run one client pinned to the client core; return its measurements, with how much
+    of each core's time was idle or stolen by the hypervisor meanwhile."""
+    client_before, sink_before = core_ticks(CLIENT_CORE), core_ticks(SINK_CORE)
+    result = _run_client(kind, port, count, conns)
+    client_after, sink_after = core_ticks(CLIENT_CORE), core_ticks(SINK_CORE)
+    if client_before and client_after and sink_before and sink_after:
+        result["client_idle"], result["client_steal"] = core_shares(client_before, client_after)
+        result["sink_steal"] = core_shares(sink_before, sink_after)[1]
+    return result
+
+
+def _run_client(kind: str, port: int, count: int, conns: int) -> dict[str, float]:
     if kind == "smtp-source":
         before = resource.getrusage(resource.RUSAGE_CHILDREN)
         start = time.perf_counter()
@@ -238,12 +265,25 @@ def scenarios(quick: bool) -> list[Scenario]:
 def summarise(samples: list[dict[str, float]]) -> dict[str, float]:
     rates = [s["count"] / s["seconds"] for s in samples]
     cpu = [1000 * s["cpu_seconds"] / s["count"] for s in samples]
-    return {
+    summary = {
         "rate": statistics.median(rates),
         "rate_min": min(rates),
         "rate_max": max(rates),
         "cpu_ms_per_msg": statistics.median(cpu),
     }
+    for share in SHARES:
+        if all(share in s for s in samples):
+            summary[share] = statistics.median(s[share] for s in samples)
+    return summary
+
+
+#: Core-time shares recorded per run: the client core idle and stolen, the sink's stolen.
+SHARES = ("client_idle", "client_steal", "sink_steal")
+
+
+def shares_text(row: dict[str, Any]) -> str:
+    """The three SHARES as whole percentages, or dashes where /proc/stat was unreadable."""
+    return "".join(f"{100 * row[s]:>6.0f}" if s in row else f"{'-':>6}" for s in SHARES)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -372,13 +412,16 @@ def print_table(report: list[dict[str, Any]], measured_rtt: dict[float, float]) 
                 f"({ours['rate'] / ceiling(measured):.2f} of {ceiling(measured):.0f}/s "
                 "at the measured round trip)"
             )
-        print(f"{'client':<28}{'msgs/s':>9}{'min-max':>17}{'CPU ms/msg':>12}{'ratio':>8}")
+        print(
+            f"{'client':<28}{'msgs/s':>9}{'min-max':>17}{'CPU ms/msg':>12}{'ratio':>8}"
+            f"{'idle%':>6}{'steal%':>6}{'sink':>6}"
+        )
         for r in rows:
             ratio = f"{ours['rate'] / r['rate']:.2f}" if ours else "-"
             span = f"{r['rate_min']:.0f}-{r['rate_max']:.0f}"
             print(
                 f"{r['client']:<26}{r['rate']:>9.0f}{span:>17}{r['cpu_ms_per_msg']:>12.3f}"
-                f"{ratio:>8}"
+                f"{ratio:>8}{shares_text(r)}"
             )
 
 

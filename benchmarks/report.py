@@ -10,7 +10,7 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
-from .__main__ import ceiling  # noqa: E402
+from .__main__ import ceiling, shares_text  # noqa: E402
 
 
 def _plot(
@@ -76,7 +76,7 @@ def write_docs(results: dict[str, Any], docs: Path) -> None:
             rows.append(
                 f"   {r['client']:<30} {rtt:>4} {r['rate']:>9.0f}  "
                 f"{r['rate_min']:>6.0f}-{r['rate_max']:<6.0f} {r['cpu_ms_per_msg']:>7.3f} "
-                f"{ours['rate'] / r['rate']:>6.2f}"
+                f"{ours['rate'] / r['rate']:>6.2f}{shares_text(r)}"
             )
     ceilings = []
     for rtt_text, measured in results.get("measured_rtt_ms", {}).items():
@@ -107,14 +107,17 @@ proxy run on core 1 and each client on core 0 (``taskset``); clients run interle
 for {results["rounds"]} rounds and the table gives medians, min-max, client CPU per
 message and the ratio smtppool pool / client.  Machine: {machine["cpus"]} cores,
 Python {machine["python"]}.  Figures here swing by tens of percent between runs; only
-ratios within one run are meaningful.
+ratios within one run are meaningful.  The last three columns come from ``/proc/stat``
+during each run (medians): how much of the client's core was idle, and how much of the
+client's and the sink's core the hypervisor stole.  A client that leaves its core idle
+is waiting for the sink, not short of CPU.
 
 Peers
 -----
 
 .. code-block:: text
 
-   client                          RTT    msgs/s   min-max       CPU ms  ratio
+   client                          RTT    msgs/s   min-max       CPU ms  ratio idle% steal%  sink
 {chr(10).join(rows)}
 
 {chr(10).join(ceilings)}
