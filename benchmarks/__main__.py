@@ -283,7 +283,7 @@ SHARES = ("client_idle", "client_steal", "sink_steal")
 
 def shares_text(row: dict[str, Any]) -> str:
     """The three SHARES as whole percentages, or dashes where /proc/stat was unreadable."""
-    return "".join(f"{100 * row[s]:>6.0f}" if s in row else f"{'-':>6}" for s in SHARES)
+    return "".join(f"{100 * row[s]:>7.0f}" if s in row else f"{'-':>7}" for s in SHARES)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -414,7 +414,7 @@ def print_table(report: list[dict[str, Any]], measured_rtt: dict[float, float]) 
             )
         print(
             f"{'client':<28}{'msgs/s':>9}{'min-max':>17}{'CPU ms/msg':>12}{'ratio':>8}"
-            f"{'idle%':>6}{'steal%':>6}{'sink':>6}"
+            f"{'idle%':>7}{'steal%':>7}{'sink%':>7}"
         )
         for r in rows:
             ratio = f"{ours['rate'] / r['rate']:.2f}" if ours else "-"

@@ -117,7 +117,7 @@ Peers
 
 .. code-block:: text
 
-   client                          RTT    msgs/s   min-max       CPU ms  ratio idle% steal%  sink
+   client                          RTT    msgs/s   min-max       CPU ms  ratio  idle% steal%  sink%
 {chr(10).join(rows)}
 
 {chr(10).join(ceilings)}
