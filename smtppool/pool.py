@@ -387,7 +387,7 @@ class SMTPPool:
                     self._workers -= 1
                     return
             if not job.future.set_running_or_notify_cancel():  # cancelled while queued
-                self._release(job)
+                self._release()
                 continue
             todo = deque([job])
             while todo:  # retries stay with this worker, which works while close() drains too
@@ -433,7 +433,7 @@ class SMTPPool:
             if job.future.set_running_or_notify_cancel():
                 handed.append(job)
                 return job.envelope, job.payload.attempt()
-            self._release(job)
+            self._release()
 
     def _work(self, job: _Job) -> list[_Job]:
         """Send ``job`` (and whatever the connection can pipeline behind it) on one
@@ -475,7 +475,7 @@ class SMTPPool:
                 self._throttle_pause = THROTTLE_PAUSE
                 self._counts["sent"] += 1
             _settle(job.future, result=outcome)
-            self._release(job)
+            self._release()
             return
         if isinstance(outcome, SMTPError):
             if _is_throttling(outcome):
@@ -490,7 +490,7 @@ class SMTPPool:
                     return
         self._count("failed")
         _settle(job.future, exception=outcome)
-        self._release(job)
+        self._release()
 
     def _next_backoff(self, job: _Job, reused: bool) -> float | None:
         """Seconds to wait before retrying ``job``, or None when its retries are spent."""
@@ -502,7 +502,7 @@ class SMTPPool:
             return float(min(RETRY_BACKOFF * 2 ** (job.retries_used - 1), MAX_RETRY_BACKOFF))
         return None
 
-    def _release(self, job: _Job) -> None:
+    def _release(self) -> None:
         """A started job is finished: free its slot, and tell on_idle."""
         with self._lock:
             self._in_flight -= 1
