@@ -262,6 +262,10 @@ def scenarios(quick: bool) -> list[Scenario]:
     return result
 
 
+#: Core-time shares recorded per run: the client core idle and stolen, the sink's stolen.
+SHARES = ("client_idle", "client_steal", "sink_steal")
+
+
 def summarise(samples: list[dict[str, float]]) -> dict[str, float]:
     rates = [s["count"] / s["seconds"] for s in samples]
     cpu = [1000 * s["cpu_seconds"] / s["count"] for s in samples]
@@ -275,10 +279,6 @@ def summarise(samples: list[dict[str, float]]) -> dict[str, float]:
         if all(share in s for s in samples):
             summary[share] = statistics.median(s[share] for s in samples)
     return summary
-
-
-#: Core-time shares recorded per run: the client core idle and stolen, the sink's stolen.
-SHARES = ("client_idle", "client_steal", "sink_steal")
 
 
 def shares_text(row: dict[str, Any]) -> str:
