@@ -356,7 +356,7 @@ class SMTPPool:
             self._executor.shutdown(wait=True)
         else:
             for job in dropped:
-                _settle(job.future, exception=PoolClosedError("the pool was closed"))
+                _settle(job.future, PoolClosedError("the pool was closed"))
             self._executor.shutdown(wait=False)
         self._limiter.close()
         self._stop_reaper.set()
@@ -387,12 +387,13 @@ class SMTPPool:
                     self._workers -= 1
                     return
             if not job.future.set_running_or_notify_cancel():  # cancelled while queued
-                self._release()
+                self._finish(job, None)
                 continue
             todo = deque([job])
             while todo:  # retries stay with this worker, which works while close() drains too
                 job = todo.popleft()
-                time.sleep(job.backoff)
+                if job.backoff:
+                    time.sleep(job.backoff)
                 todo.extend(self._work(job))
 
     def _take_next(self) -> _Job | None:
@@ -433,7 +434,7 @@ class SMTPPool:
             if job.future.set_running_or_notify_cancel():
                 handed.append(job)
                 return job.envelope, job.payload.attempt()
-            self._release()
+            self._finish(job, None)
 
     def _work(self, job: _Job) -> list[_Job]:
         """Send ``job`` (and whatever the connection can pipeline behind it) on one
@@ -471,11 +472,7 @@ class SMTPPool:
     ) -> None:
         """Settle a message, or put it in ``retry`` when the failure proves it was not taken."""
         if isinstance(outcome, SendResult):
-            with self._lock:  # counted before the caller can see the result
-                self._throttle_pause = THROTTLE_PAUSE
-                self._counts["sent"] += 1
-            _settle(job.future, result=outcome)
-            self._release()
+            self._finish(job, outcome)
             return
         if isinstance(outcome, SMTPError):
             if _is_throttling(outcome):
@@ -488,9 +485,7 @@ class SMTPPool:
                     self._log.info("retrying a message after %s: %s", outcome.code, outcome.message)
                     retry.append(job)
                     return
-        self._count("failed")
-        _settle(job.future, exception=outcome)
-        self._release()
+        self._finish(job, outcome)
 
     def _next_backoff(self, job: _Job, reused: bool) -> float | None:
         """Seconds to wait before retrying ``job``, or None when its retries are spent."""
@@ -502,11 +497,20 @@ class SMTPPool:
             return float(min(RETRY_BACKOFF * 2 ** (job.retries_used - 1), MAX_RETRY_BACKOFF))
         return None
 
-    def _release(self) -> None:
-        """A started job is finished: free its slot, and tell on_idle."""
+    def _finish(self, job: _Job, outcome: SendResult | BaseException | None) -> None:
+        """A started job is over: count it and free its slot (one lock round, before the
+        caller can see the outcome), settle it, then tell on_idle.  ``outcome`` is None
+        for a job cancelled while it waited."""
         with self._lock:
+            if isinstance(outcome, SendResult):
+                self._throttle_pause = THROTTLE_PAUSE
+                self._counts["sent"] += 1
+            elif outcome is not None:
+                self._counts["failed"] += 1
             self._in_flight -= 1
             has_capacity = self._queued + self._in_flight < self.options.max_connections
+        if outcome is not None:
+            _settle(job.future, outcome)
         if has_capacity and self.options.on_idle is not None:
             try:
                 self.options.on_idle()
@@ -683,19 +687,13 @@ class SMTPPool:
         self._finalizer = weakref.finalize(self, _close_idle, self._idle)
 
 
-def _settle(
-    future: _Settleable,
-    *,
-    result: SendResult | None = None,
-    exception: BaseException | None = None,
-) -> None:
+def _settle(future: _Settleable, outcome: SendResult | BaseException) -> None:
     """Complete ``future`` unless it already is (cancelled, or failed by close)."""
     try:
-        if exception is not None:
-            future.set_exception(exception)
+        if isinstance(outcome, SendResult):
+            future.set_result(outcome)
         else:
-            assert result is not None
-            future.set_result(result)
+            future.set_exception(outcome)
     except InvalidStateError:
         pass
 

@@ -31,7 +31,8 @@ MAX_REPLY_LINES = 1000
 
 _ENHANCED = re.compile(r"^([245])\.(\d{1,3})\.(\d{1,3})(?:\s|$)")
 _CONTROL = re.compile(r"[\x00-\x1f\x7f]")
-_REPLY_CODE = re.compile(rb"[2-5][0-9][0-9]")
+#: Valid reply codes (2xx-5xx) by their three bytes: validation and int() in one lookup.
+_REPLY_CODES = {str(code).encode(): code for code in range(200, 600)}
 _SEPARATORS = (b" ", b"-", b"")
 
 
@@ -211,6 +212,7 @@ class SMTPProtocol:
         self.max_reply_lines = max_reply_lines
         self.state = State.GREETING
         self.extensions = Extensions()
+        self._offered: frozenset[str] = frozenset()  # the extensions' keywords, for hot checks
         self.authenticated = False
         self._buffer = bytearray()
         self._eof = False
@@ -259,9 +261,9 @@ class SMTPProtocol:
             if end > self.max_line_length:
                 self._fail(f"reply line longer than {self.max_line_length} bytes")
             sep = line[3:4]
-            if not (_REPLY_CODE.match(line) and sep in _SEPARATORS):
+            code = _REPLY_CODES.get(line[:3], 0)
+            if not code or sep not in _SEPARATORS:
                 self._fail(f"malformed reply line {line[:80]!r}")
-            code = int(line[:3])
             text = line[4:].decode("utf-8", "replace")
             if sep != b"-" and not self._lines:  # the usual single-line reply
                 return self._on_reply(code, (text,))
@@ -310,14 +312,14 @@ class SMTPProtocol:
     def _after_hello(self, pending: _Pending, reply: Reply) -> None:
         if reply.is_positive:
             ehlo = pending.verb != "HELO"
-            self.extensions = Extensions.parse(reply.lines[1:]) if ehlo else Extensions()
+            self._adopt(Extensions.parse(reply.lines[1:]) if ehlo else Extensions())
             self.state = State.READY
 
     def _after_starttls(self, pending: _Pending, reply: Reply) -> None:
         if reply.code == 220:
             if self._buffer:
                 self._fail("server sent data after its STARTTLS reply (response injection)")
-            self.extensions = Extensions()
+            self._adopt(Extensions())
             self.state = State.HELLO
 
     def _after_auth(self, pending: _Pending, reply: Reply) -> None:
@@ -340,6 +342,10 @@ class SMTPProtocol:
                 self.state = State.MESSAGE
             else:
                 self.state = State.READY
+
+    def _adopt(self, extensions: Extensions) -> None:
+        self.extensions = extensions
+        self._offered = frozenset(extensions)
 
     # -- sending -----------------------------------------------------------------------
 
@@ -366,14 +372,14 @@ class SMTPProtocol:
         allowed, after = _TRANSITIONS[verb]
         if self.state not in allowed:
             raise ValueError(f"cannot send {verb} in state {self.state.name}")
-        if _CONTROL.search(line):
+        if not line.isprintable() and _CONTROL.search(line):  # isprintable: the cheap test
             raise ValueError(f"control character in {verb} command {line[:80]!r}")
         if not self._pending and self._buffer and not self._buffer.startswith(b"421"):
             # Bytes nobody asked for would be read as the reply to this command.
             self._fail(f"server sent unsolicited data {bytes(self._buffer[:80])!r}")
         if self._pending:
             last = self._pending[-1]
-            if "PIPELINING" not in self.extensions:
+            if "PIPELINING" not in self._offered:
                 raise ValueError(
                     f"cannot send {verb} before the reply to {last.command!r}: "
                     "the server does not offer PIPELINING"
@@ -438,16 +444,16 @@ class SMTPProtocol:
     ) -> bytes:
         """``MAIL FROM``, with each parameter added only when the server offers it."""
         check_address(sender, "sender")
-        if smtputf8 and "SMTPUTF8" not in self.extensions:
+        if smtputf8 and "SMTPUTF8" not in self._offered:
             raise ValueError("SMTPUTF8 requested but the server does not offer it")
         params = []
-        if size is not None and "SIZE" in self.extensions:
+        if size is not None and "SIZE" in self._offered:
             params.append(f"SIZE={int(size)}")
-        if eight_bit and "8BITMIME" in self.extensions:
+        if eight_bit and "8BITMIME" in self._offered:
             params.append("BODY=8BITMIME")
         if smtputf8:
             params.append("SMTPUTF8")
-        if dsn is not None and "DSN" in self.extensions:
+        if dsn is not None and "DSN" in self._offered:
             if dsn.ret:
                 params.append(f"RET={dsn.ret}")
             if dsn.envid:
@@ -462,7 +468,7 @@ class SMTPProtocol:
         """``RCPT TO``, with DSN ``NOTIFY``/``ORCPT`` when requested and offered."""
         check_address(recipient, "recipient")
         params = []
-        if dsn is not None and "DSN" in self.extensions:
+        if dsn is not None and "DSN" in self._offered:
             if dsn.notify:
                 params.append(f"NOTIFY={','.join(dsn.notify)}")
             if dsn.orcpt:
@@ -493,7 +499,7 @@ class SMTPProtocol:
 
     def bdat(self, chunk: bytes, *, last: bool = False) -> bytes:
         """``BDAT n [LAST]`` followed by the chunk, CRLF-normalised (CHUNKING, RFC 3030)."""
-        if "CHUNKING" not in self.extensions:
+        if "CHUNKING" not in self._offered:
             raise ValueError("BDAT needs the CHUNKING extension")
         if self.state == State.RCPT:
             self._encoder = DataEncoder(dot_stuff=False)
