@@ -16,6 +16,8 @@ import logging
 import select
 import socket
 import ssl
+import struct
+import sys
 import threading
 import time
 from collections.abc import Callable, Iterable, Iterator, Mapping
@@ -60,10 +62,24 @@ _FATAL = (ConnectError, SMTPTimeoutError, TLSError, ProtocolError)
 TIMEOUT_SLACK = 0.005
 
 
+#: On Linux a plaintext session's socket is left blocking and the kernel times out each
+#: recv/send (SO_RCVTIMEO/SO_SNDTIMEO): CPython polls before every call on a socket that
+#: has a Python timeout, one extra system call and GIL hand-off per read and per write.
+#: TLS sockets keep Python timeouts (a blocking SSL read retries a kernel timeout forever).
+KERNEL_TIMEOUTS = sys.platform.startswith("linux")
+
+
 def _set_timeout(sock: socket.socket, seconds: float) -> None:
     current = sock.gettimeout()  # no system call, unlike settimeout()
     if current is None or not seconds <= current <= seconds + TIMEOUT_SLACK:
         sock.settimeout(seconds)
+
+
+def _set_kernel_timeout(sock: socket.socket, seconds: float) -> None:
+    whole = int(seconds)
+    value = struct.pack("ll", whole, int((seconds - whole) * 1e6))
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVTIMEO, value)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDTIMEO, value)
 
 
 def _lost_after_end_of_data(exc: ConnectError | SMTPTimeoutError) -> None:
@@ -105,6 +121,9 @@ class SMTPConnection:
         self.options = options
         self._given_sock = sock
         self._sock: socket.socket | None = None
+        #: The kernel timeout armed on a blocking plaintext socket (0.0: none yet), or
+        #: None while the socket uses Python timeouts.
+        self._kernel_timeout: float | None = None
         self._protocol = SMTPProtocol(lmtp=options.lmtp)
         self._log = options.logger or logging.getLogger("smtppool")
         self._trace = options.transaction_log or options.debug
@@ -167,7 +186,8 @@ class SMTPConnection:
         happens (a context manager per read and write was measurable)."""
         if isinstance(exc, SMTPError):
             raise exc
-        if isinstance(exc, TimeoutError):  # socket.timeout; before OSError, of which it is one
+        # socket.timeout, or EAGAIN from a kernel timeout on a blocking socket
+        if isinstance(exc, (TimeoutError, BlockingIOError)):
             raise SMTPTimeoutError(f"timed out {doing}") from exc
         if isinstance(exc, socket.gaierror):
             raise ConnectError(
@@ -211,11 +231,41 @@ class SMTPConnection:
             raise ConnectError("not connected (connect() first, or the connection was closed)")
         return self._sock
 
+    def _arm(self, sock: socket.socket, seconds: float) -> None:
+        """Bound the next blocking call on ``sock`` by ``seconds``."""
+        armed = self._kernel_timeout
+        if armed is None:
+            _set_timeout(sock, seconds)
+        elif not seconds <= armed <= seconds + TIMEOUT_SLACK:
+            _set_kernel_timeout(sock, seconds)
+            self._kernel_timeout = seconds
+
+    def _adopt(self, sock: socket.socket) -> socket.socket:
+        """Take a freshly opened plaintext socket, with kernel timeouts where they work."""
+        self._kernel_timeout = None
+        if KERNEL_TIMEOUTS:
+            try:
+                _set_kernel_timeout(sock, self.options.socket_timeout)
+                sock.settimeout(None)
+                self._kernel_timeout = self.options.socket_timeout
+            except OSError:  # not a socket that takes them: Python timeouts then
+                pass
+        return sock
+
     def _write(self, data: bytes) -> None:
+        """Send all of ``data`` within ``socket_timeout``, however slowly the peer reads."""
         sock = self._socket()
+        timeout = self.options.socket_timeout
         try:
-            _set_timeout(sock, self.options.socket_timeout)
-            sock.sendall(data)
+            self._arm(sock, timeout)
+            if self._kernel_timeout is None:
+                sock.sendall(data)  # the Python timeout bounds the whole call
+                return
+            deadline = time.monotonic() + timeout
+            sent = sock.send(data)  # blocking: all of it, unless the kernel timed out
+            while sent < len(data):  # a peer reading slowly gets what is left of the deadline
+                self._arm(sock, self._remaining(deadline, "sending data"))
+                sent += sock.send(memoryview(data)[sent:])
         except OSError as exc:
             self._raise_translated(exc, "sending data")
 
@@ -241,7 +291,7 @@ class SMTPConnection:
                 while reply is None:
                     if protocol.peer_closed:
                         raise ConnectError(f"connection closed by the server while {doing}")
-                    _set_timeout(sock, self._remaining(deadline, doing))
+                    self._arm(sock, self._remaining(deadline, doing))
                     protocol.receive_data(sock.recv(READ_CHUNK_BYTES))
                     reply = protocol.next_reply()
             except OSError as exc:
@@ -308,7 +358,7 @@ class SMTPConnection:
         self._protocol = SMTPProtocol(lmtp=opts.lmtp)
         self.tls_mode = None
         deadline = time.monotonic() + opts.connection_timeout
-        self._sock = self._open_socket(deadline)
+        self._sock = self._adopt(self._open_socket(deadline))
         if opts.secure:
             self._start_tls(deadline, "implicit")
         greeting = self._read_reply(
@@ -385,6 +435,7 @@ class SMTPConnection:
 
     def _start_tls(self, deadline: float, mode: str) -> None:
         sock = self._socket()
+        self._kernel_timeout = None
         sock.settimeout(self._remaining(deadline, "in the TLS handshake"))
         context = make_ssl_context(self.options.tls)
         self._sock = context.wrap_socket(sock, server_hostname=self.options.server_hostname)
@@ -894,7 +945,7 @@ class SMTPConnection:
             data = b""
         finally:
             with contextlib.suppress(OSError):
-                sock.settimeout(opts.socket_timeout)
+                sock.settimeout(None if self._kernel_timeout is not None else opts.socket_timeout)
         if data:
             self._log.info(
                 "server %s spoke while idle: %r; discarding the connection", opts.host, data[:200]

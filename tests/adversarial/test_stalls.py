@@ -2,14 +2,29 @@
 
 from __future__ import annotations
 
+import socket
+import ssl
+import struct
+import sys
 import time
 from collections.abc import Callable
+from typing import Any
 
 import pytest
 
 from smtppool import Envelope, SMTPConnection, SMTPTimeoutError
 
-from ..servers import ScriptedServer, drip, expect, expect_data, hello, send, sleep, up_to_data
+from ..servers import (
+    ScriptedServer,
+    drip,
+    expect,
+    expect_data,
+    hello,
+    send,
+    sleep,
+    starttls,
+    up_to_data,
+)
 
 Scripted = Callable[..., ScriptedServer]
 UP_TO_DATA = up_to_data()
@@ -98,3 +113,48 @@ def test_connect_timeout_to_an_unroutable_address() -> None:
         for filler in fillers:
             filler.close()
         listener.close()
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="kernel timeouts: Linux only")
+def test_plaintext_sessions_are_bounded_by_kernel_timeouts(scripted: Scripted) -> None:
+    """A blocking socket whose recv/send the kernel times out: no poll() before each call."""
+    server = scripted([*hello(), expect(b"MAIL"), sleep(3)])
+    conn = SMTPConnection(host=server.host, port=server.port, socket_timeout=0.5)
+    conn.connect()
+    sock = conn._sock
+    assert sock is not None and sock.gettimeout() is None  # blocking, no Python timeout
+    seconds, micros = struct.unpack(
+        "ll", sock.getsockopt(socket.SOL_SOCKET, socket.SO_RCVTIMEO, 16)
+    )
+    assert 0.5 <= seconds + micros / 1e6 <= 0.5 + 0.01
+    error, elapsed = timed(lambda: conn.send(Envelope("a@x.org", "b@x.org"), b"x"))
+    assert 0.4 < elapsed < 2.5 and error.code == "ETIMEDOUT" and not conn.is_connected
+
+
+def test_stalls_over_tls_time_out_too(
+    scripted: Scripted, client_tls: dict[str, Any], server_tls_context: ssl.SSLContext
+) -> None:
+    """TLS sockets keep Python timeouts: a stalled reply and a stalled body both end."""
+    tls_hello = [
+        *hello("STARTTLS"),
+        expect(b"STARTTLS"),
+        send(b"220 go\r\n"),
+        starttls(server_tls_context),
+        expect(b"EHLO"),
+        send(b"250-tls.example\r\n250 PIPELINING\r\n"),
+    ]
+    server = scripted([*tls_hello, expect(b"NOOP"), sleep(3)])
+    conn = SMTPConnection(host="localhost", port=server.port, tls=client_tls, socket_timeout=0.5)
+    conn.connect()
+    assert conn.secure
+    _, elapsed = timed(conn.noop)
+    assert 0.4 < elapsed < 2.5 and not conn.is_connected
+
+    server = scripted(
+        [*tls_hello, expect(b"MAIL"), send(b"250 ok\r\n250 ok\r\n354 go\r\n"), sleep(4)]
+    )
+    conn = SMTPConnection(host="localhost", port=server.port, tls=client_tls, socket_timeout=0.5)
+    conn.connect()
+    body = iter([b"y" * 998 + b"\r\n"] * 100_000)  # 100 MB: far more than socket buffers hold
+    error, elapsed = timed(lambda: conn.send(Envelope("a@x.org", "b@x.org"), body))
+    assert not error.delivery_unknown and elapsed < 3.5 and not conn.is_connected

@@ -52,7 +52,7 @@ AUTH_LOG = {
 
 
 class Recorder:
-    """``get_socket`` hook that keeps every ``sendall`` of plaintext sessions."""
+    """``get_socket`` hook that keeps every write of plaintext sessions."""
 
     def __init__(self) -> None:
         self.writes: list[bytes] = []
@@ -75,7 +75,12 @@ class Recorder:
 class _RecordingSocket(socket.socket):
     writes: list[bytes]
 
-    def sendall(self, data: Any, flags: int = 0) -> None:
+    def send(self, data: Any, flags: int = 0) -> int:  # what a kernel-timed socket uses
+        sent = super().send(data, flags)
+        self.writes.append(bytes(data[:sent]))
+        return sent
+
+    def sendall(self, data: Any, flags: int = 0) -> None:  # with Python timeouts
         self.writes.append(bytes(data))
         super().sendall(data, flags)
 
