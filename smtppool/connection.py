@@ -706,7 +706,7 @@ class SMTPConnection:
         for chunk in source.chunks:
             self._stream(held)
             held = p.send_data(chunk)
-        return self._finish(held + p.end_data() + then(), accepted)
+        return self._finish(b"".join([held, p.end_data(), then()]), accepted)
 
     def _send_chunks(self, chunks: Iterator[bytes], accepted: int) -> list[Reply]:
         """BDAT (CHUNKING): each chunk announced with its size, the last one with LAST.
