@@ -105,12 +105,14 @@ loopback, or through a userland delay proxy for a round-trip time (the kernel ha
 netem); "BDAT sink" is ``smtppool sink`` offering PIPELINING and CHUNKING.  The sink and
 proxy run on core 1 and each client on core 0 (``taskset``); clients run interleaved
 for {results["rounds"]} rounds and the table gives medians, min-max, client CPU per
-message and the ratio smtppool pool / client.  Machine: {machine["cpus"]} cores,
-Python {machine["python"]}.  Figures here swing by tens of percent between runs; only
-ratios within one run are meaningful.  The last three columns come from ``/proc/stat``
-during each run (medians): how much of the client's core was idle, and how much of the
-client's and the sink's core the hypervisor stole.  A client that leaves its core idle
-is waiting for the sink, not short of CPU.
+message and the ratio smtppool pool / client.  A run's clock stops when its last message
+is accepted, before the QUITs (Nodemailer's script stops it before ``close()``; the
+Python clients mark the moment); ``smtp-source`` is timed as a whole process.
+Machine: {machine["cpus"]} cores, Python {machine["python"]}.  Figures here swing by tens
+of percent between runs; only ratios within one run are meaningful.  The last three
+columns come from ``/proc/stat`` during each run (medians): how much of the client's core
+was idle, and how much of the client's and the sink's core the hypervisor stole.  A
+client that leaves its core idle is waiting for the sink, not short of CPU.
 
 Peers
 -----
