@@ -817,10 +817,12 @@ class SMTPConnection:
         """The envelope, content source and MAIL/RCPT/DATA bytes for the next message."""
         env = Envelope.coerce(item[0])
         source = prepare_message(item[1], international=env.is_international)
-        p = self._protocol
-        commands = self._mail_command(env, source)
-        commands += b"".join([p.rcpt(r, dsn=env.dsn) for r in env.rcpt_to]) + p.data()
-        return env, source, commands
+        p, dsn = self._protocol, env.dsn
+        commands = [self._mail_command(env, source)]
+        for recipient in env.rcpt_to:
+            commands.append(p.rcpt(recipient, dsn=dsn))
+        commands.append(p.data())
+        return env, source, b"".join(commands)
 
     def _pipeline(
         self,
@@ -894,7 +896,10 @@ class SMTPConnection:
         """One message whose MAIL, RCPT and DATA are already written; the next message's
         (from ``announce()``) leave in the same write as this one's end of data."""
         n = len(env.rcpt_to)
-        replies = [self._read_reply() for _ in range(n + 2)]
+        read = self._read_reply
+        replies = [read(), read()]  # MAIL, first RCPT
+        for _ in range(n):  # the other RCPTs, then DATA
+            replies.append(read())
         accepted, rejected, errors, responses, failure = self._judge_envelope(
             env, replies[0], replies[1 : n + 1]
         )
