@@ -77,7 +77,9 @@ def _set_timeout(sock: socket.socket, seconds: float) -> None:
 
 def _set_kernel_timeout(sock: socket.socket, seconds: float) -> None:
     whole = int(seconds)
-    value = struct.pack("ll", whole, int((seconds - whole) * 1e6))
+    # At least 1 µs: a zero timeval means "no timeout", which would block forever.
+    micros = max(int((seconds - whole) * 1e6), 0 if whole else 1)
+    value = struct.pack("ll", whole, micros)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVTIMEO, value)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDTIMEO, value)
 
@@ -121,8 +123,8 @@ class SMTPConnection:
         self.options = options
         self._given_sock = sock
         self._sock: socket.socket | None = None
-        #: The kernel timeout armed on a blocking plaintext socket (0.0: none yet), or
-        #: None while the socket uses Python timeouts.
+        #: The kernel timeout armed on a blocking plaintext socket, or None while the
+        #: socket uses Python timeouts (TLS, or a platform without kernel timeouts).
         self._kernel_timeout: float | None = None
         self._protocol = SMTPProtocol(lmtp=options.lmtp)
         self._log = options.logger or logging.getLogger("smtppool")
@@ -243,7 +245,7 @@ class SMTPConnection:
     def _adopt(self, sock: socket.socket) -> socket.socket:
         """Take a freshly opened plaintext socket, with kernel timeouts where they work."""
         self._kernel_timeout = None
-        if KERNEL_TIMEOUTS:
+        if KERNEL_TIMEOUTS and not isinstance(sock, ssl.SSLSocket):  # get_socket may wrap
             try:
                 _set_kernel_timeout(sock, self.options.socket_timeout)
                 sock.settimeout(None)

@@ -158,3 +158,36 @@ def test_stalls_over_tls_time_out_too(
     body = iter([b"y" * 998 + b"\r\n"] * 100_000)  # 100 MB: far more than socket buffers hold
     error, elapsed = timed(lambda: conn.send(Envelope("a@x.org", "b@x.org"), body))
     assert not error.delivery_unknown and elapsed < 3.5 and not conn.is_connected
+
+
+def test_a_socket_given_already_in_tls_keeps_python_timeouts(
+    scripted: Scripted, client_tls: dict[str, Any], server_tls_context: ssl.SSLContext
+) -> None:
+    """get_socket may hand over a TLS socket: a kernel timeout would never end its reads."""
+    server = scripted([starttls(server_tls_context), *hello(), expect(b"NOOP"), sleep(3)])
+    context = ssl.create_default_context(cadata=client_tls["cadata"])
+
+    def tls_socket(options: Any) -> socket.socket:
+        raw = socket.create_connection((server.host, server.port), timeout=5)
+        return context.wrap_socket(raw, server_hostname="localhost")
+
+    conn = SMTPConnection(
+        host="localhost", port=server.port, get_socket=tls_socket, socket_timeout=0.5
+    )
+    conn.connect()
+    sock = conn._sock
+    assert isinstance(sock, ssl.SSLSocket) and sock.gettimeout() is not None
+    _, elapsed = timed(conn.noop)
+    assert 0.4 < elapsed < 2.5 and not conn.is_connected
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="kernel timeouts: Linux only")
+def test_a_nearly_spent_deadline_is_never_armed_as_no_timeout() -> None:
+    """A zero timeval means no timeout at all: the shortest one armed is 1 µs."""
+    from smtppool.connection import _set_kernel_timeout
+
+    with socket.socket() as sock:
+        _set_kernel_timeout(sock, 1e-9)
+        for option in (socket.SO_RCVTIMEO, socket.SO_SNDTIMEO):
+            seconds, micros = struct.unpack("ll", sock.getsockopt(socket.SOL_SOCKET, option, 16))
+            assert (seconds, micros) != (0, 0)
