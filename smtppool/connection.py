@@ -243,7 +243,7 @@ class SMTPConnection:
             self._kernel_timeout = seconds
 
     def _adopt(self, sock: socket.socket) -> socket.socket:
-        """Take a freshly opened plaintext socket, with kernel timeouts where they work."""
+        """Take a freshly opened socket; a plaintext one gets kernel timeouts where they work."""
         self._kernel_timeout = None
         if KERNEL_TIMEOUTS and not isinstance(sock, ssl.SSLSocket):  # get_socket may wrap
             try:
