@@ -124,12 +124,14 @@ class Reply(NamedTuple):
 class Extensions(Mapping[str, str]):
     """ESMTP keywords from a successful EHLO/LHLO reply, looked up case-insensitively."""
 
-    __slots__ = ("_items", "auth_mechanisms", "size")
+    __slots__ = ("_items", "auth_mechanisms", "keywords", "size")
 
     def __init__(
         self, items: Mapping[str, str] | None = None, auth_mechanisms: Iterable[str] = ()
     ) -> None:
         self._items = {k.upper(): v for k, v in (items or {}).items()}
+        #: The keywords, upper-case: a C-level membership test where one is hot.
+        self.keywords = frozenset(self._items)
         self.auth_mechanisms = frozenset(m.upper() for m in auth_mechanisms)
         size = self._items.get("SIZE", "")
         #: Largest message the server accepts, or None when it sets no limit.
@@ -220,7 +222,6 @@ class SMTPProtocol:
         self.max_reply_lines = max_reply_lines
         self.state = _GREETING
         self.extensions = Extensions()
-        self._offered: frozenset[str] = frozenset()  # the extensions' keywords, for hot checks
         self.authenticated = False
         self._buffer = bytearray()
         self._eof = False
@@ -320,14 +321,14 @@ class SMTPProtocol:
     def _after_hello(self, pending: _Pending, reply: Reply) -> None:
         if reply.is_positive:
             ehlo = pending.verb != "HELO"
-            self._adopt(Extensions.parse(reply.lines[1:]) if ehlo else Extensions())
+            self.extensions = Extensions.parse(reply.lines[1:]) if ehlo else Extensions()
             self.state = _READY
 
     def _after_starttls(self, pending: _Pending, reply: Reply) -> None:
         if reply.code == 220:
             if self._buffer:
                 self._fail("server sent data after its STARTTLS reply (response injection)")
-            self._adopt(Extensions())
+            self.extensions = Extensions()
             self.state = _HELLO
 
     def _after_auth(self, pending: _Pending, reply: Reply) -> None:
@@ -350,10 +351,6 @@ class SMTPProtocol:
                 self.state = _MESSAGE
             else:
                 self.state = _READY
-
-    def _adopt(self, extensions: Extensions) -> None:
-        self.extensions = extensions
-        self._offered = frozenset(extensions)
 
     # -- sending -----------------------------------------------------------------------
 
@@ -387,7 +384,7 @@ class SMTPProtocol:
             self._fail(f"server sent unsolicited data {bytes(self._buffer[:80])!r}")
         if self._pending:
             last = self._pending[-1]
-            if "PIPELINING" not in self._offered:
+            if "PIPELINING" not in self.extensions.keywords:
                 raise ValueError(
                     f"cannot send {verb} before the reply to {last.command!r}: "
                     "the server does not offer PIPELINING"
@@ -452,16 +449,16 @@ class SMTPProtocol:
     ) -> bytes:
         """``MAIL FROM``, with each parameter added only when the server offers it."""
         check_address(sender, "sender")
-        if smtputf8 and "SMTPUTF8" not in self._offered:
+        if smtputf8 and "SMTPUTF8" not in self.extensions.keywords:
             raise ValueError("SMTPUTF8 requested but the server does not offer it")
         params = []
-        if size is not None and "SIZE" in self._offered:
+        if size is not None and "SIZE" in self.extensions.keywords:
             params.append(f"SIZE={int(size)}")
-        if eight_bit and "8BITMIME" in self._offered:
+        if eight_bit and "8BITMIME" in self.extensions.keywords:
             params.append("BODY=8BITMIME")
         if smtputf8:
             params.append("SMTPUTF8")
-        if dsn is not None and "DSN" in self._offered:
+        if dsn is not None and "DSN" in self.extensions.keywords:
             if dsn.ret:
                 params.append(f"RET={dsn.ret}")
             if dsn.envid:
@@ -476,7 +473,7 @@ class SMTPProtocol:
         """``RCPT TO``, with DSN ``NOTIFY``/``ORCPT`` when requested and offered."""
         check_address(recipient, "recipient")
         params = []
-        if dsn is not None and "DSN" in self._offered:
+        if dsn is not None and "DSN" in self.extensions.keywords:
             if dsn.notify:
                 params.append(f"NOTIFY={','.join(dsn.notify)}")
             if dsn.orcpt:
@@ -507,7 +504,7 @@ class SMTPProtocol:
 
     def bdat(self, chunk: bytes, *, last: bool = False) -> bytes:
         """``BDAT n [LAST]`` followed by the chunk, CRLF-normalised (CHUNKING, RFC 3030)."""
-        if "CHUNKING" not in self._offered:
+        if "CHUNKING" not in self.extensions.keywords:
             raise ValueError("BDAT needs the CHUNKING extension")
         if self.state == _RCPT:
             self._encoder = DataEncoder(dot_stuff=False)
