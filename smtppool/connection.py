@@ -11,7 +11,6 @@ from __future__ import annotations
 import contextlib
 import functools
 import ipaddress
-import itertools
 import logging
 import select
 import socket
@@ -591,21 +590,11 @@ class SMTPConnection:
         pipelining, chunking = "PIPELINING" in ext, "CHUNKING" in ext
         mail = self._mail_command(env, source)
         n = len(env.rcpt_to)
-        chunks = source.chunks
-        one_chunk: bytes | None = None  # a whole message that fits in one BDAT LAST
-        if pipelining and chunking:
-            first = next(chunks, b"")
-            second = next(chunks, None)
-            if second is None:
-                one_chunk = first
-            else:
-                chunks = itertools.chain((first, second), chunks)
         if pipelining:
             batch = [mail, *(p.rcpt(r, dsn=env.dsn) for r in env.rcpt_to)]
-            if not chunking:
-                batch.append(p.data())
-            if one_chunk is not None:  # MAIL, RCPT and the whole message: one round trip
-                return self._send_in_one_write(env, batch, one_chunk)
+            if chunking:  # MAIL, RCPT and the whole message: one round trip
+                return self._send_in_one_flight(env, batch, source.chunks)
+            batch.append(p.data())
             self._write(b"".join(batch))
             replies = [self._read_reply() for _ in batch]
         else:
@@ -620,7 +609,7 @@ class SMTPConnection:
         if failure is not None:
             self._abandon(failure, data_reply)
         if chunking:
-            finals = self._send_chunks(chunks, len(accepted))
+            finals = self._send_chunks(source.chunks, len(accepted))
         else:
             if data_reply is None:
                 data_reply = self._command(p.data())
@@ -652,26 +641,72 @@ class SMTPConnection:
             failure = EnvelopeError.from_reply(rcpt_replies[-1], "every recipient was refused")
         return accepted, rejected, errors, responses, failure
 
-    def _send_in_one_write(self, env: Envelope, batch: list[bytes], chunk: bytes) -> SendResult:
-        """MAIL, RCPT... and ``BDAT n LAST`` with the whole message in a single write.
+    def _send_in_one_flight(
+        self, env: Envelope, batch: list[bytes], chunks: Iterator[bytes]
+    ) -> SendResult:
+        """MAIL, RCPT... and every BDAT chunk, ``LAST`` included, before any reply is needed.
 
-        The end of the data leaves with the first write, so from then on a lost
-        connection leaves the outcome unknown (as after DATA's final dot).
+        The commands leave with the first chunk and each chunk follows the previous one
+        at once, at most BDAT_WINDOW of them unanswered, so a message of any size takes
+        one round trip.  RFC 3030 §4.2: a server discards the chunks pipelined after one
+        it refused, ``LAST`` included, and answers each.  LMTP hears every chunk's reply
+        before ``LAST``, since how many replies a discarded ``LAST`` gets is not settled
+        there.  Once ``LAST`` has left, a lost connection leaves the outcome unknown.
         """
-        try:
-            self._stream(b"".join([*batch, self._protocol.bdat(chunk, last=True)]))
-            replies = [self._read_reply() for _ in range(len(env.rcpt_to) + 1)]
-            accepted, rejected, errors, responses, failure = self._judge_envelope(
-                env, replies[0], replies[1:]
-            )
-            finals = self._read_verdicts(len(accepted))
-        except (ConnectError, SMTPTimeoutError) as exc:
-            _lost_after_end_of_data(exc)
-            raise
-        if failure is not None:  # no transaction took the BDAT, which was refused too
-            self._abort()
-            raise failure
-        return self._outcome(env, accepted, rejected, errors, responses, finals)
+        p = self._protocol
+        replies: list[Reply] = []  # MAIL, RCPT..., then one per chunk before LAST
+        sent = 0  # chunks before LAST
+        head = b"".join(batch)
+        chunk = next(chunks, b"")
+        failure: SMTPError | None = None
+        for following in chunks:
+            self._stream(head + p.bdat(chunk))
+            head, chunk, sent = b"", following, sent + 1
+            failure = self._hear_flight(env, replies, sent, BDAT_WINDOW)
+            if failure is not None:
+                break
+        else:
+            if self.options.lmtp and sent:
+                failure = self._hear_flight(env, replies, sent, 0)
+        if failure is None:
+            try:
+                self._stream(head + p.bdat(chunk, last=True))
+                failure = self._hear_flight(env, replies, sent, 0)
+                if failure is None:
+                    n = len(env.rcpt_to)
+                    accepted, rejected, errors, responses, _ = self._judge_envelope(
+                        env, replies[0], replies[1 : n + 1]
+                    )
+                    finals = self._read_verdicts(len(accepted))
+                    return self._outcome(env, accepted, rejected, errors, responses, finals)
+            except (ConnectError, SMTPTimeoutError) as exc:
+                _lost_after_end_of_data(exc)
+                raise
+            sent += 1  # the refused LAST is answered too
+        for _ in range(len(env.rcpt_to) + 1 + sent - len(replies)):
+            self._read_reply()
+        self._abort()
+        raise failure
+
+    def _hear_flight(
+        self, env: Envelope, replies: list[Reply], sent: int, keep: int
+    ) -> SMTPError | None:
+        """Read a flight's replies (MAIL, RCPT..., then one per chunk of the ``sent``)
+        into ``replies`` until at most ``keep`` chunks are unanswered (``keep=0``: every
+        reply owed); the failure that ends the transaction, as soon as one is heard."""
+        expected = len(env.rcpt_to) + 1
+        # In order: a chunk's reply comes after every MAIL and RCPT reply.
+        needed = expected + sent - keep if sent > keep or not keep else 0
+        while len(replies) < needed:
+            reply = self._read_reply()
+            replies.append(reply)
+            if len(replies) == expected:
+                failure = self._judge_envelope(env, replies[0], replies[1:])[4]
+                if failure is not None:
+                    return failure
+            elif len(replies) > expected and not reply.is_positive:
+                return MessageError.from_reply(reply, "BDAT refused")
+        return None
 
     def _abandon(self, failure: SMTPError, data_reply: Reply | None) -> NoReturn:
         """Give up a transaction refused before its data: close a DATA the server accepted
@@ -711,35 +746,18 @@ class SMTPConnection:
         return self._finish(b"".join([held, p.end_data(), then()]), accepted)
 
     def _send_chunks(self, chunks: Iterator[bytes], accepted: int) -> list[Reply]:
-        """BDAT (CHUNKING): each chunk announced with its size, the last one with LAST.
-
-        With PIPELINING up to BDAT_WINDOW chunks leave before their replies are read, so
-        a large message does not wait a round trip per chunk (RFC 3030 §4.2: the server
-        discards chunks pipelined after one it refused).  All are answered before LAST.
-        """
+        """BDAT (CHUNKING) without PIPELINING: each chunk waits for its reply, the last
+        one is sent with LAST; a refused chunk resets the session (RFC 3030 §4.2)."""
         p = self._protocol
-        window = BDAT_WINDOW if "PIPELINING" in self.extensions else 1
-        unanswered = 0
         chunk = next(chunks, b"")
         for following in chunks:
             self._stream(p.bdat(chunk))
-            unanswered = self._hear_chunks(unanswered + 1, window - 1)
-            chunk = following
-        self._hear_chunks(unanswered, 0)
-        return self._finish(p.bdat(chunk, last=True), accepted)
-
-    def _hear_chunks(self, unanswered: int, keep: int) -> int:
-        """Read BDAT replies until at most ``keep`` chunks are unanswered; return how many
-        are.  On a refusal: read the rest, reset the session and raise MessageError."""
-        while unanswered > keep:
             reply = self._read_reply()
-            unanswered -= 1
             if not reply.is_positive:
-                for _ in range(unanswered):
-                    self._read_reply()
                 self._abort()
                 raise MessageError.from_reply(reply, "BDAT refused")
-        return unanswered
+            chunk = following
+        return self._finish(p.bdat(chunk, last=True), accepted)
 
     def _read_verdicts(self, accepted: int) -> list[Reply]:
         """The reply to the end of the data: one per accepted recipient under LMTP."""

@@ -1,5 +1,5 @@
-"""CHUNKING + PIPELINING: MAIL, RCPT and BDAT LAST with the message, in one write; the
-chunks of a larger message pipelined instead of a round trip each."""
+"""CHUNKING + PIPELINING: MAIL, RCPT and BDAT LAST with the message, in one write; a
+larger message's chunks, LAST included, sent before any reply is needed."""
 
 from __future__ import annotations
 
@@ -8,11 +8,14 @@ from collections.abc import Callable
 import pytest
 
 from smtppool import ConnectError, Envelope, EnvelopeError, MessageError, SMTPConnection
+from smtppool.connection import BDAT_WINDOW
 from smtppool.protocol import State
 from smtppool.sink import Sink
 
 from ..servers import (
+    Peer,
     ScriptedServer,
+    Step,
     client_for,
     close,
     expect,
@@ -92,44 +95,107 @@ def test_lmtp_verdicts_in_one_write(smtpd: Callable[..., Sink]) -> None:
 
 
 CHUNKS = [b"one\r\n", b"two\r\n", b"three\r\n", b"four\r\n"]  # BDAT 5, 5, 7, 6 LAST
-THREE_CHUNKS_UNANSWERED = [
+
+
+def chunks_sent(*commands: tuple[bytes, bytes]) -> list[Step]:
+    """The server reads ``BDAT <command>`` and its data for each pair."""
+    return [
+        step
+        for command, data in commands
+        for step in (expect(b"BDAT %s\r" % command), expect(data))
+    ]
+
+
+CHUNKS_BEFORE_LAST = chunks_sent((b"5", b"one"), (b"5", b"two"), (b"7", b"three"))
+LAST_CHUNK = chunks_sent((b"6 LAST", b"four"))
+# Nothing is answered until the whole message is in, LAST included: a client waiting
+# for any reply on the way would stall here and the server's read would time out.
+WHOLE_FLIGHT = [
     *hello("PIPELINING", "CHUNKING"),
     expect(b"MAIL"),
     expect(b"RCPT"),
-    send(b"250 ok\r\n250 ok\r\n"),
-    # Nothing is answered until all three chunks are in: a client waiting for each
-    # chunk's reply would stall here and this read would time out.
-    *(
-        step
-        for size, data in [(5, b"one"), (5, b"two"), (7, b"three")]
-        for step in (expect(b"BDAT %d\r" % size), expect(data))
-    ),
+    *CHUNKS_BEFORE_LAST,
+    *LAST_CHUNK,
 ]
 
 
-def test_chunks_leave_before_their_replies(scripted: Scripted) -> None:
+def silent_for(seconds: float) -> Step:
+    """Check the client sends nothing more for ``seconds`` (it must be waiting for us)."""
+
+    def step(peer: Peer) -> None:
+        assert not peer.buffer, f"client sent {bytes(peer.buffer)!r} before any reply"
+        peer.sock.settimeout(seconds)
+        try:
+            data = peer.sock.recv(65536)
+        except TimeoutError:
+            return
+        raise AssertionError(f"client sent {data!r} before any reply")
+
+    return step
+
+
+def test_a_multi_chunk_message_leaves_before_any_reply(scripted: Scripted) -> None:
     server = scripted(
         [
-            *THREE_CHUNKS_UNANSWERED,
-            send(b"250 2.0.0 5 octets\r\n250 2.0.0 5 octets\r\n250 2.0.0 7 octets\r\n"),
-            expect(b"BDAT 6 LAST"),
-            expect(b"four"),
-            send(b"250 2.0.0 queued\r\n"),
+            *WHOLE_FLIGHT,
+            send(b"250 ok\r\n250 ok\r\n250 5\r\n250 5\r\n250 7\r\n250 2.0.0 queued\r\n"),
             *goodbye(),
         ]
     )
     conn = client(server)
     result = conn.send(Envelope("a@x.org", "b@x.org"), iter(CHUNKS))
-    assert result.response == "250 2.0.0 queued"
+    assert result.response == "250 2.0.0 queued" and result.accepted == ["b@x.org"]
     conn.quit()
 
 
-def test_a_refused_chunk_stops_the_message_and_resets(scripted: Scripted) -> None:
-    """Every pipelined chunk's reply is read, LAST is never sent, RSET follows."""
+def test_at_most_a_window_of_chunks_goes_unanswered(scripted: Scripted) -> None:
+    chunks = [b"%d\r\n" % (i % 10) for i in range(BDAT_WINDOW + 2)]  # BDAT 3 each
     server = scripted(
         [
-            *THREE_CHUNKS_UNANSWERED,
-            send(b"250 2.0.0 ok\r\n552 5.3.4 too big\r\n250 2.0.0 ok\r\n"),
+            *hello("PIPELINING", "CHUNKING"),
+            expect(b"MAIL"),
+            expect(b"RCPT"),
+            *chunks_sent(*[(b"3", b"")] * (BDAT_WINDOW + 1)),
+            silent_for(0.3),  # one chunk over the window: the client waits for a reply
+            send(b"250 ok\r\n" * (2 + BDAT_WINDOW + 1)),
+            *chunks_sent((b"3 LAST", b"")),
+            send(b"250 2.0.0 queued\r\n"),
+            *goodbye(),
+        ]
+    )
+    conn = client(server)
+    assert conn.send(Envelope("a@x.org", "b@x.org"), iter(chunks)).response == "250 2.0.0 queued"
+    conn.quit()
+
+
+@pytest.mark.parametrize("last_sent", [True, False])
+def test_loss_is_delivery_unknown_only_once_last_has_left(
+    scripted: Scripted, last_sent: bool
+) -> None:
+    count = 4 if last_sent else BDAT_WINDOW + 2  # more than a window: stuck before LAST
+    server = scripted(
+        [
+            *hello("PIPELINING", "CHUNKING"),
+            expect(b"MAIL"),
+            expect(b"RCPT"),
+            *chunks_sent(*[(b"3", b"")] * (count - 1 if last_sent else BDAT_WINDOW + 1)),
+            *(chunks_sent((b"3 LAST", b"")) if last_sent else [silent_for(0.2)]),
+            close(),
+        ]
+    )
+    conn = client(server)
+    with pytest.raises(ConnectError) as info:
+        conn.send(Envelope("a@x.org", "b@x.org"), iter([b"x\r\n"] * count))
+    assert info.value.delivery_unknown is last_sent and not conn.is_connected
+
+
+def test_a_refused_chunk_fails_the_message_and_resets(scripted: Scripted) -> None:
+    """The server discards (and answers) what was pipelined after the refused chunk."""
+    server = scripted(
+        [
+            *WHOLE_FLIGHT,
+            send(b"250 ok\r\n250 ok\r\n250 2.0.0 ok\r\n552 5.3.4 too big\r\n"),
+            send(b"503 5.5.1 discarded\r\n503 5.5.1 discarded\r\n"),
             expect(b"RSET"),
             send(b"250 2.0.0 reset\r\n"),
             *goodbye(),
@@ -138,6 +204,30 @@ def test_a_refused_chunk_stops_the_message_and_resets(scripted: Scripted) -> Non
     conn = client(server)
     with pytest.raises(MessageError, match="BDAT refused") as info:
         conn.send(Envelope("a@x.org", "b@x.org"), iter(CHUNKS))
-    assert info.value.response_code == 552
+    assert info.value.response_code == 552 and not info.value.delivery_unknown
     assert conn.is_connected and conn.state is State.READY
+    conn.quit()
+
+
+def test_lmtp_hears_every_chunk_before_last(scripted: Scripted) -> None:
+    """How many replies a discarded LAST gets is not settled for LMTP: no LAST unheard."""
+    server = scripted(
+        [
+            send(b"220 lmtp ready\r\n"),
+            expect(b"LHLO"),
+            send(b"250-lmtp\r\n250-PIPELINING\r\n250 CHUNKING\r\n"),
+            expect(b"MAIL"),
+            expect(b"RCPT TO:<b@x.org>"),
+            expect(b"RCPT TO:<c@x.org>"),
+            *CHUNKS_BEFORE_LAST,
+            silent_for(0.3),
+            send(b"250 ok\r\n250 ok\r\n250 ok\r\n250 5\r\n250 5\r\n250 7\r\n"),
+            *LAST_CHUNK,
+            send(b"250 2.0.0 <b@x.org> ok\r\n452 4.2.2 <c@x.org> over quota\r\n"),
+            *goodbye(),
+        ]
+    )
+    conn = client_for(server, connect=True, lmtp=True)
+    result = conn.send(Envelope("a@x.org", ["b@x.org", "c@x.org"]), iter(CHUNKS))
+    assert result.accepted == ["b@x.org"] and result.rejected == ["c@x.org"]
     conn.quit()

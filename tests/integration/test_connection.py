@@ -203,6 +203,26 @@ def test_pipelining_and_chunking(smtpd: SinkFactory, extensions: list[str]) -> N
     assert big.transfer == small.transfer == expected
 
 
+@pytest.mark.parametrize(
+    ("chunks", "limit", "match"),
+    [(12, 25_000, "BDAT refused"), (4, 25_000, "BDAT refused"), (4, 35_000, "message refused")],
+    ids=["heard before LAST left", "heard after LAST left", "LAST refused"],
+)
+def test_a_chunk_over_the_limit_fails_the_message_and_the_session_goes_on(
+    smtpd: SinkFactory, chunks: int, limit: int, match: str
+) -> None:
+    """The sink refuses the 10 KB chunk that crosses its limit and answers every chunk
+    pipelined after it with 503: the client reads them all, resets, and stays in step."""
+    sink = smtpd(extensions=["PIPELINING", "CHUNKING"], data_size_limit=limit)
+    content = [b"x" * 9_998 + b"\r\n"] * chunks  # size unknown up front: no SIZE check
+    with connect(sink) as conn:
+        with pytest.raises(MessageError, match=match) as info:
+            conn.send(Envelope("a@x.org", "b@x.org"), iter(content))
+        assert info.value.response_code == 552 and not info.value.delivery_unknown
+        conn.send(Envelope("a@x.org", "b@x.org"), b"small\r\n")
+    assert [m.data for m in sink.messages] == [b"small\r\n"]
+
+
 ROUND_TRIPS = [
     b"a\n.\nb\n",
     b"a\r.\rb\r",
