@@ -249,6 +249,10 @@ CLIENTS = [  # (label, client kind, connections, CHUNKING sink)
 ]
 
 
+#: Messages per loopback run in the peer table (full mode, --quick).
+LOOPBACK_MESSAGES, QUICK_LOOPBACK_MESSAGES = 10_000, 3000
+
+
 def scenarios(quick: bool) -> list[Scenario]:
     """Every client at every RTT, with message counts sized so each run takes seconds."""
     result = []
@@ -257,7 +261,7 @@ def scenarios(quick: bool) -> list[Scenario]:
             if rtt:  # enough per connection that dialling and EHLO stay under 3 % of a run
                 count = max(int(3200 / rtt), 10) * conns
             else:
-                count = 3000 if quick else 10000
+                count = QUICK_LOOPBACK_MESSAGES if quick else LOOPBACK_MESSAGES
             result.append(Scenario(rtt, label, kind, conns, count, chunking))
     return result
 
@@ -371,6 +375,7 @@ def curves() -> dict[str, Any]:
             result = measure(rtt, kind, count, 5)
             out["rtt"].append({"rtt_ms": rtt, "client": kind, "rate": result["rate"]})
             print(f"curve: {kind} at rtt {rtt} ms: {result['rate']:.0f}/s", file=sys.stderr)
+    out["batch"] = batch_curve()
     big = measure(0, "big-file", 1024, 1)
     many = measure(0, "many", 100_000, 5)
     out["memory"] = {
@@ -382,6 +387,34 @@ def curves() -> dict[str, Any]:
     for threads in (5, 1000):
         result = measure(0, "callers", 20_000, threads)
         out["callers"].append({"threads": threads, "rate": result["rate"]})
+    return out
+
+
+#: Messages per run for the batch-size curve; each run is a fresh process.
+BATCH_SIZES = (1000, 3000, 10_000, 30_000)
+
+
+def batch_curve(rounds: int = 3) -> list[dict[str, Any]]:
+    """smtppool pool and Nodemailer at loopback by messages per run (interleaved medians).
+
+    Nodemailer's CPU per message falls as V8 compiles its hot paths during a run, so its
+    rate, and the ratio to it, depends on how many messages a run sends; smtppool's does not.
+    """
+    runs: dict[tuple[int, str], list[dict[str, float]]] = {}
+    with sink_and_proxy(0) as port:
+        for _ in range(rounds):
+            for count in BATCH_SIZES:
+                for kind in ("smtppool-pool", "nodemailer"):
+                    runs.setdefault((count, kind), []).append(run_client(kind, port, count, 5))
+    out = []
+    for (count, kind), samples in runs.items():
+        summary = summarise(samples)
+        out.append({"messages": count, "client": kind, **summary})
+        print(
+            f"curve: {kind}, {count} messages per run: {summary['rate']:.0f}/s, "
+            f"{summary['cpu_ms_per_msg']:.3f} ms CPU each",
+            file=sys.stderr,
+        )
     return out
 
 

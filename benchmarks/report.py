@@ -10,7 +10,7 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
-from .__main__ import ceiling, shares_text  # noqa: E402
+from .__main__ import LOOPBACK_MESSAGES, QUICK_LOOPBACK_MESSAGES, ceiling, shares_text  # noqa: E402
 
 
 def _plot(
@@ -19,6 +19,8 @@ def _plot(
     xlabel: str,
     series: dict[str, list[tuple[float, float]]],
     ceiling: list[tuple[float, float]] | None = None,
+    *,
+    log_x: bool = False,
 ) -> None:
     figure, axes = plt.subplots(figsize=(6, 3.6), dpi=100)
     for label, points in series.items():
@@ -35,7 +37,11 @@ def _plot(
     axes.set_xlabel(xlabel)
     axes.set_ylabel("messages/s (log scale)")
     axes.set_yscale("log")
+    if log_x:
+        axes.set_xscale("log")
     axes.set_xticks(sorted({x for points in series.values() for x, _ in points}))
+    if log_x:
+        axes.set_xticklabels([f"{x:,.0f}" for x in axes.get_xticks()])
     axes.grid(True, alpha=0.3)
     axes.legend()
     figure.tight_layout()
@@ -68,6 +74,31 @@ def write_docs(results: dict[str, Any], docs: Path) -> None:
         by_client,
         [(float(rtt), ceiling(rtt)) for rtt in (5, 20, 80)],
     )
+    by_batch: dict[str, list[tuple[float, float]]] = {}
+    for point in curves["batch"]:
+        name = "smtppool pool" if point["client"] == "smtppool-pool" else "Nodemailer pool"
+        by_batch.setdefault(name, []).append((point["messages"], point["rate"]))
+    _plot(
+        docs / "bench-batch.png",
+        "Loopback, 5 connections: messages/s by messages per run",
+        "messages per run (log scale)",
+        by_batch,
+        log_x=True,
+    )
+    batch_rows = []
+    for point in curves["batch"]:
+        if point["client"] != "nodemailer":
+            continue
+        ours = next(
+            p
+            for p in curves["batch"]
+            if p["client"] == "smtppool-pool" and p["messages"] == point["messages"]
+        )
+        batch_rows.append(
+            f"   {point['messages']:>8,}  {ours['rate']:>9.0f} {ours['cpu_ms_per_msg']:>7.3f}  "
+            f"{point['rate']:>9.0f} {point['cpu_ms_per_msg']:>7.3f}  "
+            f"{ours['rate'] / point['rate']:>6.2f}"
+        )
     rows = []
     for rtt in sorted({r["rtt_ms"] for r in results["results"]}):
         table = [r for r in results["results"] if r["rtt_ms"] == rtt]
@@ -130,6 +161,22 @@ Connections and round-trip time
 .. image:: bench-connections.png
 
 .. image:: bench-rtt.png
+
+Messages per run
+----------------
+
+The loopback table above sends {LOOPBACK_MESSAGES:,} messages per run
+({QUICK_LOOPBACK_MESSAGES:,} with ``--quick``), each run a fresh process.  Nodemailer's
+CPU per message falls as V8 compiles its hot paths during a run, so its rate, and the
+ratio to it, depends on how many messages a run sends; smtppool's hardly does.
+Loopback, 5 connections, medians of 3 interleaved rounds:
+
+.. code-block:: text
+
+   messages  smtppool/s  CPU ms  Nodemailer/s  CPU ms   ratio
+{chr(10).join(batch_rows)}
+
+.. image:: bench-batch.png
 
 Memory and callers
 ------------------
