@@ -49,6 +49,15 @@ def _plot(
     plt.close(figure)
 
 
+def _by_client(points: list[dict[str, Any]], x: str) -> dict[str, list[tuple[float, float]]]:
+    """A curve's points as one (x, rate) series per client, smtppool's or Nodemailer's."""
+    series: dict[str, list[tuple[float, float]]] = {}
+    for point in points:
+        name = "smtppool pool" if point["client"] == "smtppool-pool" else "Nodemailer pool"
+        series.setdefault(name, []).append((point[x], point["rate"]))
+    return series
+
+
 def write_docs(results: dict[str, Any], docs: Path) -> None:
     docs.mkdir(exist_ok=True)
     curves = results["curves"]
@@ -63,26 +72,18 @@ def write_docs(results: dict[str, Any], docs: Path) -> None:
         "max_connections",
         by_rtt,
     )
-    by_client: dict[str, list[tuple[float, float]]] = {}
-    for point in curves["rtt"]:
-        name = "smtppool pool" if point["client"] == "smtppool-pool" else "Nodemailer pool"
-        by_client.setdefault(name, []).append((point["rtt_ms"], point["rate"]))
     _plot(
         docs / "bench-rtt.png",
         "5 connections: messages/s by round-trip time",
         "RTT (ms)",
-        by_client,
+        _by_client(curves["rtt"], "rtt_ms"),
         [(float(rtt), ceiling(rtt)) for rtt in (5, 20, 80)],
     )
-    by_batch: dict[str, list[tuple[float, float]]] = {}
-    for point in curves["batch"]:
-        name = "smtppool pool" if point["client"] == "smtppool-pool" else "Nodemailer pool"
-        by_batch.setdefault(name, []).append((point["messages"], point["rate"]))
     _plot(
         docs / "bench-batch.png",
         "Loopback, 5 connections: messages/s by messages per run",
         "messages per run (log scale)",
-        by_batch,
+        _by_client(curves["batch"], "messages"),
         log_x=True,
     )
     batch_rows = []
