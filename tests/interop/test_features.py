@@ -52,17 +52,26 @@ AUTH_LOG = {
 
 
 class Recorder:
-    """``get_socket`` hook that keeps every write of plaintext sessions."""
+    """``get_socket`` hook that keeps every write of plaintext sessions, and when each
+    read happened between them."""
 
     def __init__(self) -> None:
         self.writes: list[bytes] = []
+        self.reads_before: list[int] = []  # per read: how many writes preceded it
 
     def __call__(self, options: Any) -> socket.socket:
         plain = socket.create_connection((options.host, options.port), timeout=10)
         sock = _RecordingSocket(plain.family, plain.type, plain.proto, fileno=plain.detach())
-        sock.writes = self.writes
+        sock.recorder = self
         sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         return sock
+
+    def reads_between(self, first: bytes, last: bytes) -> int:
+        """How many reads happened after the write carrying ``first`` and before the one
+        carrying ``last``: 0 when everything in between left in one flight."""
+        start = next(i for i, data in enumerate(self.writes) if first in data)
+        end = next(i for i, data in enumerate(self.writes) if last in data)
+        return sum(1 for writes in self.reads_before if start < writes <= end)
 
     def write_with(self, *parts: bytes) -> bytes:
         """The first single write that carries every one of ``parts``."""
@@ -73,16 +82,21 @@ class Recorder:
 
 
 class _RecordingSocket(socket.socket):
-    writes: list[bytes]
+    recorder: Recorder
 
     def send(self, data: Any, flags: int = 0) -> int:  # what a kernel-timed socket uses
         sent = super().send(data, flags)
-        self.writes.append(bytes(data[:sent]))
+        self.recorder.writes.append(bytes(data[:sent]))
         return sent
 
     def sendall(self, data: Any, flags: int = 0) -> None:  # with Python timeouts
-        self.writes.append(bytes(data))
+        self.recorder.writes.append(bytes(data))
         super().sendall(data, flags)
+
+    def recv(self, bufsize: int, flags: int = 0) -> bytes:
+        data = super().recv(bufsize, flags)
+        self.recorder.reads_before.append(len(self.recorder.writes))
+        return data
 
 
 def make_message(body: bytes, *, sender: str = SENDER, subject: bytes = b"interop") -> bytes:
@@ -272,6 +286,10 @@ def test_chunking(server: MailServer, via: str, offered: Callable[[str], None]) 
     recorder = deliver_on_the_record(server, via, message, Envelope(SENDER, [ALICE]))
     bdats = [w for w in recorder.writes if w.startswith(b"BDAT ") or b"\r\nBDAT " in w]
     assert len(bdats) >= 2 and any(b" LAST\r\n" in w for w in bdats)
+    # SMTP: MAIL, RCPT and every chunk, LAST included, leave before any reply is read;
+    # LMTP hears the chunks before LAST.
+    heard = recorder.reads_between(b"MAIL FROM:", b" LAST\r\n")
+    assert heard > 0 if server.lmtp else heard == 0
     assert not any(b"DATA\r\n" in w for w in recorder.writes)
     stored_once(server, ALICE, message)
     if server.name == "postfix":
