@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import random
 import socket
 from collections.abc import Callable
 from email.message import EmailMessage
@@ -221,6 +222,38 @@ def test_a_chunk_over_the_limit_fails_the_message_and_the_session_goes_on(
         assert info.value.response_code == 552 and not info.value.delivery_unknown
         conn.send(Envelope("a@x.org", "b@x.org"), b"small\r\n")
     assert [m.data for m in sink.messages] == [b"small\r\n"]
+
+
+@pytest.mark.parametrize("lmtp", [False, True], ids=["smtp", "lmtp"])
+@pytest.mark.parametrize("limit", [None, 30_000], ids=["no limit", "limit"])
+def test_random_chunked_messages_keep_the_session_in_step(
+    smtpd: SinkFactory, lmtp: bool, limit: int | None
+) -> None:
+    """1 to 14 chunks of random sizes, recipients refused or not, some messages over the
+    sink's limit: every outcome is the expected one and a message sent after it arrives."""
+    rng = random.Random(5)
+    sink = smtpd(
+        lmtp=lmtp,
+        extensions=["PIPELINING", "CHUNKING"],
+        reject_recipients=["no@x.org"],
+        data_size_limit=limit,
+    )
+    with SMTPConnection(host=sink.host, port=sink.port, lmtp=lmtp, socket_timeout=5) as conn:
+        for _ in range(60):
+            chunks = [b"x" * rng.randint(0, 12_000) + b"\r\n" for _ in range(rng.randint(1, 14))]
+            rcpts = rng.choice([["b@x.org"], ["no@x.org"], ["b@x.org", "no@x.org"]])
+            fits = limit is None or sum(map(len, chunks)) <= limit
+            if fits and rcpts != ["no@x.org"]:
+                result = conn.send(Envelope("a@x.org", rcpts), iter(chunks))
+                assert result.rejected == rcpts[1:]
+                assert sink.messages[-1].data == b"".join(chunks)
+            else:
+                error = EnvelopeError if rcpts == ["no@x.org"] else MessageError
+                with pytest.raises(error) as info:
+                    conn.send(Envelope("a@x.org", rcpts), iter(chunks))
+                assert not info.value.delivery_unknown
+            conn.send(Envelope("a@x.org", "b@x.org"), b"ping\r\n")
+            assert sink.messages[-1].data == b"ping\r\n"
 
 
 ROUND_TRIPS = [
