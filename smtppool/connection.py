@@ -695,8 +695,10 @@ class SMTPConnection:
         into ``replies`` until at most ``keep`` chunks are unanswered (``keep=0``: every
         reply owed); the failure that ends the transaction, as soon as one is heard."""
         expected = len(env.rcpt_to) + 1
-        # In order: a chunk's reply comes after every MAIL and RCPT reply.
-        needed = expected + sent - keep if sent > keep or not keep else 0
+        if keep:  # a chunk's reply comes after every MAIL and RCPT reply
+            needed = expected + sent - keep if sent > keep else 0
+        else:
+            needed = expected + sent
         while len(replies) < needed:
             reply = self._read_reply()
             replies.append(reply)
