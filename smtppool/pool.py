@@ -49,6 +49,10 @@ COOL_DOWN = 10.0
 SLOT_TIMEOUT = 30.0
 #: How often idle connections are checked for ``idle_timeout``, at most.
 REAP_INTERVAL = 1.0
+#: send_many's default window, per connection: each connection has about two messages
+#: on the wire when pipelining, and half a window must still be queued behind them
+#: while the caller sleeps (see send_many).
+SEND_MANY_WINDOW = 8
 
 EnvelopeInput = Envelope | Mapping[str, Any]
 _BYTES_LIKE = (bytes, bytearray, memoryview, str, Message)
@@ -130,10 +134,18 @@ class _Completion:
 
     set_exception = set_result
 
+    @property
+    def settled(self) -> bool:
+        return self._outcome is not None
+
+    def wait(self) -> None:
+        with self._done:
+            pass
+
     def outcome(self) -> SendResult | SMTPError:
         """Wait for the outcome; an error that is not an SMTPError is raised."""
-        with self._done:
-            outcome = self._outcome
+        self.wait()
+        outcome = self._outcome
         if isinstance(outcome, BaseException) and not isinstance(outcome, SMTPError):
             raise outcome
         assert outcome is not None
@@ -293,11 +305,15 @@ class SMTPPool:
     ) -> Iterator[SendResult | SMTPError]:
         """Send a stream of messages, yielding one outcome per message in input order.
 
-        At most ``window`` messages (default ``4 * max_connections``) are pending at once,
+        At most ``window`` messages (default ``8 * max_connections``) are pending at once,
         so any iterable, a generator of millions included, streams in bounded memory.
         Items are messages or ``(message, envelope)`` pairs.
+
+        When the oldest outcome is not in yet, the caller sleeps until the middle of the
+        window has settled rather than waking for each outcome: one wake-up per half a
+        window, while the other half keeps every connection's stream fed.
         """
-        limit = window or 4 * self.options.max_connections
+        limit = window or SEND_MANY_WINDOW * self.options.max_connections
         pending: deque[_Completion] = deque()
         for item in messages:
             message, envelope = item if isinstance(item, tuple) else (item, None)
@@ -305,6 +321,8 @@ class SMTPPool:
             self._enqueue(message, envelope, done)
             pending.append(done)
             if len(pending) >= limit:
+                if not pending[0].settled:
+                    pending[(limit - 1) // 2].wait()
                 yield pending.popleft().outcome()
         while pending:
             yield pending.popleft().outcome()

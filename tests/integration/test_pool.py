@@ -521,6 +521,35 @@ def test_send_many_streams_in_order_with_bounded_pending(
     assert len(sink.messages) == 594
 
 
+def test_send_many_sleeps_through_half_a_window(
+    smtpd: SinkFactory, make_pool: Callable[..., SMTPPool], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A caller whose oldest outcome is not in sleeps until the middle of the window has
+    settled: it wakes about once per half window, not once per outcome, so the pool's
+    threads are not interrupted for every message."""
+    sink = smtpd(extensions=["PIPELINING"])
+    pool = make_pool(sink, max_connections=2)
+    sleeps = 0
+    completion = pool_module._Completion
+    wait, outcome = completion.wait, completion.outcome
+
+    def counted(method: Callable[[Any], Any]) -> Callable[[Any], Any]:
+        def call(self: Any) -> Any:
+            nonlocal sleeps
+            sleeps += not self.settled
+            return method(self)
+
+        return call
+
+    monkeypatch.setattr(completion, "wait", counted(wait))
+    monkeypatch.setattr(completion, "outcome", counted(outcome))
+    outcomes = list(pool.send_many([RAW] * 400, window=16))
+    assert len(outcomes) == 400 and all(isinstance(o, SendResult) for o in outcomes)
+    assert len(sink.messages) == 400
+    print(f"\ncaller slept {sleeps} times for 400 outcomes")
+    assert sleeps <= 400 // 3  # here about 60; waking for each unsettled outcome: over 200
+
+
 def rss_bytes() -> int:
     with open("/proc/self/statm") as statm:
         return int(statm.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
