@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import functools
 import json
 import os
 import resource
@@ -25,11 +26,14 @@ import socket
 import statistics
 import subprocess
 import sys
+import tempfile
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+
+from .clients import PURE_SOURCE
 
 HERE = Path(__file__).resolve().parent
 NODE_DIR = Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "smtppool-bench"
@@ -204,6 +208,10 @@ def _run_client(kind: str, port: int, count: int, conns: int) -> dict[str, float
     if kind == "nodemailer":
         command = ["node", str(HERE / "nodemailer_pool.js"), str(port), str(count), str(conns)]
         env = {**os.environ, "NODE_PATH": str(NODE_DIR / "node_modules")}
+    elif kind == "smtppool-pool-pure":
+        command = [sys.executable, "-m", "benchmarks.clients", "smtppool-pool"]
+        command += [str(port), str(count), str(conns)]
+        env = {**os.environ, PURE_SOURCE: pure_source()}
     else:
         command = [
             sys.executable,
@@ -227,6 +235,16 @@ def _run_client(kind: str, port: int, count: int, conns: int) -> dict[str, float
     return dict(json.loads(out.strip().splitlines()[-1]))
 
 
+@functools.cache
+def pure_source() -> str:
+    """A directory with a copy of the package's source and data, no compiled modules:
+    what a pure-Python install (no C compiler) imports."""
+    folder = tempfile.mkdtemp(prefix="smtppool-pure-")
+    ignore = shutil.ignore_patterns("*.so", "__pycache__")
+    shutil.copytree(HERE.parent / "smtppool", Path(folder) / "smtppool", ignore=ignore)
+    return folder
+
+
 @dataclass(frozen=True)
 class Scenario:
     rtt_ms: float
@@ -240,6 +258,7 @@ class Scenario:
 CLIENTS = [  # (label, client kind, connections, CHUNKING sink)
     ("smtppool pool", "smtppool-pool", 5, False),
     ("smtppool pool, BDAT sink", "smtppool-pool", 5, True),
+    ("smtppool pool, pure Python", "smtppool-pool-pure", 5, False),
     ("smtppool 1 connection", "smtppool-conn", 1, False),
     ("smtplib 1 connection", "smtplib", 1, False),
     ("smtplib 5 threads", "smtplib", 5, False),
@@ -332,8 +351,10 @@ def main(argv: list[str] | None = None) -> int:
         )
     ]
     print_table(report, measured_rtt)
+    host = machine()
+    print(f"\nsmtppool compiled with mypyc: {', '.join(host['compiled']) or 'nothing'}")
     results: dict[str, Any] = {
-        "machine": machine(),
+        "machine": host,
         "rounds": rounds,
         "measured_rtt_ms": {str(rtt): ms for rtt, ms in measured_rtt.items()},
         "results": report,
@@ -418,10 +439,13 @@ def batch_curve(rounds: int = 3) -> list[dict[str, Any]]:
     return out
 
 
-def machine() -> dict[str, object]:
+def machine() -> dict[str, Any]:
+    import smtppool
+
     return {
         "cpus": os.cpu_count(),
         "python": sys.version.split()[0],
+        "compiled": smtppool.compiled_modules(),
         "platform": sys.platform,
         "pinned": bool(shutil.which("taskset")),
     }

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
 import resource
 import smtplib
 import sys
@@ -17,6 +18,9 @@ from collections.abc import Callable
 from typing import Any
 
 FROM, TO = "bench@example.com", "sink@example.com"
+#: A directory holding a source-only copy of the package: import smtppool from there,
+#: as a pure-Python install would.
+PURE_SOURCE = "SMTPPOOL_BENCH_PURE_SOURCE"
 
 
 def message(size: int = 2048) -> bytes:
@@ -225,6 +229,12 @@ KINDS = {
 
 def main() -> None:
     kind, port, count, conns = sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), int(sys.argv[4])
+    if os.environ.get(PURE_SOURCE):
+        sys.path.insert(0, os.environ[PURE_SOURCE])
+        import smtppool
+
+        if smtppool.compiled_modules():
+            raise SystemExit(f"{PURE_SOURCE} gave a compiled smtppool: {smtppool.__file__}")
     run = KINDS[kind](port, count, conns)
     cpu_start, wall_start = cpu(), time.perf_counter()
     run()

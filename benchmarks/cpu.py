@@ -96,6 +96,8 @@ def run_pool(count: int) -> float:
 
 def main() -> None:
     count = int(sys.argv[1]) if len(sys.argv) > 1 else 20000
+    compiled = smtppool.compiled_modules()
+    print("smtppool " + ("compiled: " + ", ".join(compiled) if compiled else "pure Python"))
     best = min(run(count) for _ in range(5))
     print(f"smtppool CPU per pipelined message, no network: {best * 1e6:.1f} us")
     best = min(run_pool(count) for _ in range(5))

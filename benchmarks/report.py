@@ -127,6 +127,7 @@ def write_docs(results: dict[str, Any], docs: Path) -> None:
     memory, callers = curves["memory"], curves["callers"]
     five, thousand = (c["rate"] for c in callers)
     machine = results["machine"]
+    compiled = ", ".join(machine.get("compiled") or []) or "none: this run was pure Python"
     text = f"""Benchmarks
 ==========
 
@@ -140,6 +141,9 @@ for {results["rounds"]} rounds and the table gives medians, min-max, client CPU 
 message and the ratio smtppool pool / client.  A run's clock stops when its last message
 is accepted, before the QUITs (Nodemailer's script stops it before ``close()``; the
 Python clients mark the moment); ``smtp-source`` is timed as a whole process.
+"smtppool" is the default install, its per-message modules compiled with mypyc
+({compiled}); "pure Python" imports a source-only copy of the package, as an install
+without a C compiler (or with ``SMTPPOOL_PURE_PYTHON=1``) would.
 Machine: {machine["cpus"]} cores, Python {machine["python"]}.  Figures here swing by tens
 of percent between runs; only ratios within one run are meaningful.  The last three
 columns come from ``/proc/stat`` during each run (medians): how much of the client's core

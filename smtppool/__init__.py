@@ -6,6 +6,8 @@ The public API is re-exported here; see README.rst for a tour.
 from __future__ import annotations
 
 import logging
+import sys
+from importlib.machinery import EXTENSION_SUFFIXES
 
 from .auth import Credentials
 from .config import Options
@@ -52,6 +54,20 @@ __all__ = [
     "SendResult",
     "TLSError",
     "__version__",
+    "compiled_modules",
 ]
+
+
+def compiled_modules() -> list[str]:
+    """The smtppool modules running as mypyc-compiled code; empty for a pure-Python
+    install (no C compiler at install time, or ``SMTPPOOL_PURE_PYTHON=1``)."""
+    suffixes = tuple(EXTENSION_SUFFIXES)
+    files = {name: getattr(module, "__file__", None) for name, module in list(sys.modules.items())}
+    return sorted(
+        name
+        for name, file in files.items()
+        if name.startswith("smtppool.") and file is not None and file.endswith(suffixes)
+    )
+
 
 logging.getLogger("smtppool").addHandler(logging.NullHandler())

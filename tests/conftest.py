@@ -2,15 +2,19 @@
 
 from __future__ import annotations
 
+import os
 import ssl
+import sys
 import threading
 import time
 from collections.abc import Callable, Iterator
+from pathlib import Path
 from typing import Any
 
 import pytest
 import trustme
 
+import smtppool
 from smtppool.sink import Sink
 
 from .servers import ScriptedServer, Step
@@ -25,6 +29,32 @@ def pytest_addoption(parser: pytest.Parser) -> None:
         metavar="PATH",
         help="write the interop feature matrix (reStructuredText) to PATH",
     )
+
+
+#: Seconds a source file may be newer than its compiled module (both written by one
+#: install) before the compiled one counts as stale.
+INSTALL_SKEW = 2.0
+
+
+def pytest_report_header() -> str:
+    compiled = smtppool.compiled_modules()
+    return "smtppool: " + ("compiled: " + ", ".join(compiled) if compiled else "pure Python")
+
+
+def pytest_sessionstart(session: pytest.Session) -> None:
+    """Refuse to test compiled modules older than their source (an edit since the last
+    ``pip install -e .`` would go untested), or pure Python where CI expects compiled."""
+    compiled = smtppool.compiled_modules()
+    if os.environ.get("SMTPPOOL_EXPECT_COMPILED") and not compiled:
+        pytest.exit("SMTPPOOL_EXPECT_COMPILED is set but smtppool was installed as pure Python")
+    for name in compiled:
+        binary = Path(sys.modules[name].__file__ or "")
+        source = binary.with_name(name.rpartition(".")[2] + ".py")
+        if source.exists() and source.stat().st_mtime > binary.stat().st_mtime + INSTALL_SKEW:
+            pytest.exit(
+                f"{binary.name} is older than {source.name}: rebuild it with "
+                "'python3 -m pip install -e .' (SMTPPOOL_PURE_PYTHON=1 for plain Python)"
+            )
 
 
 @pytest.fixture(scope="session")

@@ -1,0 +1,53 @@
+"""Building the package: compiled with mypyc where it can be, plain Python where not."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+import zipfile
+from importlib.machinery import EXTENSION_SUFFIXES
+from pathlib import Path
+
+import pytest
+
+import smtppool
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def test_compiled_modules_are_the_extension_modules_loaded() -> None:
+    compiled = smtppool.compiled_modules()
+    loaded = {name: module for name, module in sys.modules.items() if name.startswith("smtppool.")}
+    for name, module in loaded.items():
+        file = getattr(module, "__file__", None) or ""
+        assert (name in compiled) == file.endswith(tuple(EXTENSION_SUFFIXES)), name
+    assert set(compiled) <= {"smtppool.protocol", "smtppool.message", "smtppool.envelope",
+                             "smtppool.connection"}  # fmt: skip
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(300)
+def test_without_a_c_compiler_the_wheel_is_plain_python(tmp_path: Path) -> None:
+    source = tmp_path / "source"
+    source.mkdir()
+    for name in ("setup.py", "setup.cfg", "pyproject.toml", "README.rst"):
+        shutil.copy(ROOT / name, source)
+    ignore = shutil.ignore_patterns("*.so", "__pycache__")
+    shutil.copytree(ROOT / "smtppool", source / "smtppool", ignore=ignore)
+    env = {**os.environ, "CC": str(tmp_path / "no-such-compiler")}
+    env.pop("SMTPPOOL_PURE_PYTHON", None)
+    build = subprocess.run(
+        [sys.executable, "-m", "pip", "wheel", "-v", "--no-deps", "-w", str(tmp_path), str(source)],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=280,
+    )
+    assert build.returncode == 0, build.stderr[-2000:]
+    assert "smtppool: not compiled" in build.stdout + build.stderr  # it tried, then said so
+    (wheel,) = tmp_path.glob("smtppool-*.whl")  # tagged for this platform all the same
+    names = zipfile.ZipFile(wheel).namelist()
+    assert "smtppool/connection.py" in names and "smtppool/py.typed" in names
+    assert not [name for name in names if name.endswith(".so")]
