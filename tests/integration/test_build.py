@@ -50,3 +50,22 @@ def test_without_a_c_compiler_the_wheel_is_plain_python(tmp_path: Path) -> None:
     names = zipfile.ZipFile(wheel).namelist()
     assert "smtppool/connection.py" in names and "smtppool/py.typed" in names
     assert not [name for name in names if name.endswith(".so")]
+    site = tmp_path / "site"
+    install = [sys.executable, "-m", "pip", "install", "-q", "--no-deps", "--target", str(site)]
+    subprocess.run([*install, str(wheel)], check=True, capture_output=True, timeout=120)
+    probe = (
+        "import smtppool; from smtppool.message import DataEncoder; "
+        "print(smtppool.__file__, smtppool.compiled_modules(), DataEncoder().feed(b'.a\\n'))"
+    )
+    run = subprocess.run(
+        [sys.executable, "-c", probe],
+        env={**os.environ, "PYTHONPATH": str(site)},
+        cwd=tmp_path,  # not the checkout, whose package would shadow the installed one
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert run.returncode == 0, run.stderr
+    installed, compiled, encoded = run.stdout.split()
+    assert installed == str(site / "smtppool" / "__init__.py")
+    assert (compiled, encoded) == ("[]", r"b'..a\r\n'")  # the pure package at work
