@@ -95,7 +95,7 @@ class Sink:
         self._active: set[Any] = set()
         self._lock = threading.Lock()
         self._loop: asyncio.AbstractEventLoop | None = None
-        self._server: asyncio.AbstractServer | None = None
+        self._server: asyncio.Server | None = None
         self._thread: threading.Thread | None = None
 
     def __repr__(self) -> str:
@@ -142,6 +142,12 @@ class Sink:
 
         async def shutdown() -> None:
             assert self._server is not None
+            # Stop accepting, but let connections already accepted become transports
+            # before the server closes: each does so in a task of its own, which, run
+            # after close() or cancelled before it runs, leaves its socket open.
+            for listener in self._server.sockets:
+                loop.remove_reader(listener.fileno())
+            await _turns(3)
             self._server.close()
             await self._drop()
             deadline = loop.time() + timeout / 2
@@ -151,6 +157,8 @@ class Sink:
             for task in tasks:
                 task.cancel()
             await asyncio.gather(*tasks, return_exceptions=True)
+            await _turns(3)  # transports closed by the cancellations close their sockets
+            await self._drop()
 
         try:
             asyncio.run_coroutine_threadsafe(shutdown(), loop).result(timeout)
@@ -275,6 +283,12 @@ class Sink:
     def xoauth2_error() -> str:
         """The JSON challenge Gmail sends for a refused token."""
         return json.dumps({"status": "401", "schemes": "bearer", "scope": "https://mail"})
+
+
+async def _turns(count: int) -> None:
+    """Let the event loop run ``count`` rounds of ready callbacks."""
+    for _ in range(count):
+        await asyncio.sleep(0)
 
 
 @functools.lru_cache(maxsize=2)
