@@ -18,7 +18,7 @@ import time
 from collections import deque
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from concurrent.futures import Future
-from concurrent.futures import TimeoutError as FutureTimeout
+from concurrent.futures import wait as wait_for_futures
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -184,14 +184,10 @@ def run_batch(
     def settle_head(stop: threading.Event | None) -> bool:
         """Record the oldest pending message once done; False if ``stop`` came first."""
         item_id, future = pending[0]
-        while stop is not None and not stop.is_set():
-            try:
-                future.result(POLL_INTERVAL)
-                break
-            except FutureTimeout:
-                continue
-            except Exception:
-                break
+        # wait(), not result(timeout): on Python 3.11+ the wait's TimeoutError is the
+        # class an SMTPTimeoutError outcome derives from, and the two must not mix.
+        while stop is not None and not stop.is_set() and not future.done():
+            wait_for_futures([future], POLL_INTERVAL)
         if stop is not None and stop.is_set() and not future.done():
             return False
         try:

@@ -22,6 +22,7 @@ from smtppool.batch import iter_items
 from smtppool.cli import main
 from smtppool.sink import Sink
 
+from ..faults import Faults, FaultServer
 from ..servers import wait_until
 
 SinkFactory = Callable[..., Sink]
@@ -261,6 +262,26 @@ def test_missing_path_and_server_from_environment(
     path.write_bytes(eml(1))
     monkeypatch.setenv("SMTPPOOL_URL", sink.url)
     assert main(["send", str(path)]) == 0 and len(sink.messages) == 1
+
+
+@pytest.mark.timeout(30, method="thread")  # a regression spins where SIGALRM cannot stop it
+def test_a_message_that_times_out_is_reported_not_waited_for_forever(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """On Python 3.11+ an SMTPTimeoutError outcome is also the TimeoutError of a timed
+    future.result(): the batch runner took it for "not done yet" and polled forever."""
+    path = tmp_path / "m.eml"
+    path.write_bytes(eml(1))
+    report = tmp_path / "report.json"
+    with FaultServer(Faults(stall=10)) as server:  # the message is never answered
+        url = f"smtp://127.0.0.1:{server.port}/?socket_timeout=0.5&retries=0"
+        started = time.monotonic()
+        assert main(["send", str(path), "--url", url, "--report", str(report)]) == 1
+        assert time.monotonic() - started < 5
+    [entry] = json.loads(report.read_text())["messages"]
+    assert entry["status"] == "failed" and entry["error"]["code"] == "ETIMEDOUT"
+    assert entry["error"]["delivery_unknown"] is True
+    capsys.readouterr()
 
 
 def test_demo_sends_a_batch_into_the_embedded_sink(capsys: pytest.CaptureFixture[str]) -> None:
