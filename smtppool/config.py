@@ -125,6 +125,7 @@ class Options:
     idle_timeout: float = 30.0
     connection_ttl: float | None = None
     retries: int = 2
+    pool_timeout: float | None = 30.0
     rate_limit: int | None = None
     rate_delta: float = 1.0
     on_idle: Callable[[], object] | None = None
@@ -155,6 +156,7 @@ class Options:
             _positive(timeout, getattr(self, timeout))
         _positive("idle_timeout", self.idle_timeout)
         _positive("connection_ttl", self.connection_ttl, optional=True)
+        _positive("pool_timeout", self.pool_timeout, optional=True)
         _positive("rate_delta", self.rate_delta)
         _count("max_connections", self.max_connections, minimum=1)
         _count("max_messages", self.max_messages, minimum=1)
@@ -295,6 +297,7 @@ _DURATIONS = frozenset(
         "socket_timeout",
         "idle_timeout",
         "connection_ttl",
+        "pool_timeout",
         "rate_delta",
     }
 )

@@ -122,6 +122,8 @@ class SMTPConnection:
         self.options = options
         self._given_sock = sock
         self._sock: socket.socket | None = None
+        #: Set by abort(): the session was cut from another thread.
+        self._aborted = False
         #: The kernel timeout armed on a blocking plaintext socket, or None while the
         #: socket uses Python timeouts (TLS, or a platform without kernel timeouts).
         self._kernel_timeout: float | None = None
@@ -291,7 +293,8 @@ class SMTPConnection:
             try:
                 while reply is None:
                     if protocol.peer_closed:
-                        raise ConnectError(f"connection closed by the server while {doing}")
+                        by = "aborted" if self._aborted else "closed by the server"
+                        raise ConnectError(f"connection {by} while {doing}")
                     self._arm(sock, self._remaining(deadline, doing))
                     protocol.receive_data(sock.recv(READ_CHUNK_BYTES))
                     reply = protocol.next_reply()
@@ -360,6 +363,8 @@ class SMTPConnection:
         self.tls_mode = None
         deadline = time.monotonic() + opts.connection_timeout
         self._sock = self._adopt(self._open_socket(deadline))
+        if self._aborted:  # abort() came while the socket was being opened
+            raise ConnectError("connection aborted while connecting")
         if opts.secure:
             self._start_tls(deadline, "implicit")
         greeting = self._read_reply(
@@ -1023,6 +1028,17 @@ class SMTPConnection:
             self._log.debug("ignoring %s while quitting %s", exc.code, self.options.host)
         finally:
             self.close()
+
+    def abort(self) -> None:
+        """Cut the session from another thread: a read or write blocked on the socket
+        returns at once and fails (a connection lost after the end of the data is
+        ``delivery_unknown``, as ever), and a dial in progress stops.  The thread using
+        the connection closes it when its call fails."""
+        self._aborted = True
+        sock = self._sock
+        if sock is not None:
+            with contextlib.suppress(OSError):  # the plain socket's: SSLSocket's unwraps
+                socket.socket.shutdown(sock, socket.SHUT_RDWR)
 
     def close(self) -> None:
         """Close the socket at once; idempotent and never raises."""

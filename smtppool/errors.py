@@ -20,6 +20,7 @@ __all__ = [
     "EnvelopeError",
     "MessageError",
     "PoolClosedError",
+    "PoolTimeoutError",
     "ProtocolError",
     "SMTPError",
     "SMTPTimeoutError",
@@ -110,6 +111,11 @@ class SMTPTimeoutError(SMTPError, TimeoutError):
 
     code = "ETIMEDOUT"
     transient_without_reply = True
+
+
+class PoolTimeoutError(SMTPTimeoutError):
+    """A wait for the outcome (``send(timeout=...)``) ended while the message still
+    waited its turn: it was withdrawn and will never be sent."""
 
 
 class TLSError(SMTPError, ssl.SSLError):

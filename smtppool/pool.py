@@ -1,13 +1,21 @@
 """SMTPPool: persistent, rate-limited SMTP connections behind a thread pool.
 
-Submitted messages wait in the pool's FIFO; up to ``max_connections`` worker loops (on a
-``ThreadPoolExecutor``) drain it, each pipelining the next waiting message onto its
-connection when it can.  Idle connections wait in a LIFO pre-filled with ``None`` slots
-(urllib3's design: the queue is the capacity limit); a worker takes one, replaces it when
-stale, sends, and puts it back in a ``finally``, so each connection serves one thread at
-a time and every take has exactly one put.  Every submitted message gets a
-:class:`~concurrent.futures.Future` that always completes (``send_many`` uses a lighter
-one-shot completion of its own).  Network I/O never happens while a lock is held.
+Submitted messages wait in the pool's FIFO.  Worker loops on a ``ThreadPoolExecutor``
+drain it, never more of them than the working connection limit (``max_connections``,
+lowered while the server refuses more: see :mod:`smtppool.pushback`).  A worker takes
+the oldest message and a connection for it: an idle one (the most recently used), or
+one it dials when the limit and the dial backoff allow.  When neither is possible it
+leaves the message to the workers whose connections work; only the last worker waits
+for the next dial, and only while no connection is open does a message's wait count
+towards ``pool_timeout``.  A worker pipelines further waiting messages onto its
+connection when it can, then puts the connection back, so each connection serves one
+thread at a time.
+
+Every message has exactly one fate.  A job is queued, taken by a worker, sending (on
+the wire), then done; each change happens under the pool's lock, and only a job that
+is not on the wire can be withdrawn (by ``send()``'s timeout, ``pool_timeout`` or
+``close()``), so a message is never sent after its caller was told it failed.  Network
+I/O never happens while the lock is held.
 """
 
 from __future__ import annotations
@@ -15,13 +23,13 @@ from __future__ import annotations
 import functools
 import logging
 import os
-import queue
 import threading
 import time
 import weakref
 from collections import deque
 from collections.abc import Iterable, Iterator, Mapping
-from concurrent.futures import Future, InvalidStateError, ThreadPoolExecutor
+from concurrent.futures import FIRST_COMPLETED, Future, InvalidStateError, ThreadPoolExecutor
+from concurrent.futures import wait as wait_for_futures
 from dataclasses import dataclass
 from email.message import Message
 from types import TracebackType
@@ -30,23 +38,24 @@ from typing import Any, BinaryIO, NamedTuple, Protocol, cast
 from .config import Options
 from .connection import SMTPConnection, quit_all
 from .envelope import Envelope, SendResult, pair_with_envelope
-from .errors import ConnectError, PoolClosedError, SMTPError, SMTPTimeoutError
+from .errors import ConnectError, PoolClosedError, PoolTimeoutError, SMTPError, SMTPTimeoutError
 from .message import CHUNK_BYTES, MessageInput
+from .pushback import (
+    ConnectionLimit,
+    Throttle,
+    is_connection_cap,
+    is_retryable,
+    is_throttling,
+    retry_delay,
+)
 from .ratelimit import ConnectionLease, Limiter, RateLimiter
 
-__all__ = ["SMTPPool"]
+__all__ = ["CLOSE_TIMEOUT", "SMTPPool"]
 
-#: Pause before the first retry of a message; doubles per retry up to MAX_RETRY_BACKOFF.
-RETRY_BACKOFF = 0.2
-MAX_RETRY_BACKOFF = 2.0
-#: Pause after a throttling reply (421, 454, 4xx to MAIL); doubles while they continue.
-THROTTLE_PAUSE = 1.0
-MAX_THROTTLE_PAUSE = 30.0
-#: Consecutive failed connection attempts after which dialling stops for COOL_DOWN.
-CONNECT_FAILURE_LIMIT = 3
-COOL_DOWN = 10.0
-#: Longest wait for a free slot in the idle LIFO (slots are only ever held briefly).
-SLOT_TIMEOUT = 30.0
+#: How long ``close()`` waits for queued and in-flight messages by default.
+CLOSE_TIMEOUT = 60.0
+#: Longest single wait on the pool's condition; every wait loop re-checks.
+WAIT_STEP = 1.0
 #: How often idle connections are checked for ``idle_timeout``, at most.
 REAP_INTERVAL = 1.0
 #: send_many's default window, per connection: each connection has about two messages
@@ -56,6 +65,9 @@ SEND_MANY_WINDOW = 8
 
 EnvelopeInput = Envelope | Mapping[str, Any]
 _BYTES_LIKE = (bytes, bytearray, memoryview, str, Message)
+
+# A job's life; it changes only under the pool's lock.
+QUEUED, TAKEN, SENDING, DONE = "queued", "taken", "sending", "done"
 
 
 class _Idle(NamedTuple):
@@ -157,22 +169,12 @@ class _Job:
     payload: _Payload
     envelope: Envelope
     future: _Settleable
+    queued_at: float
+    state: str = QUEUED
     retries_used: int = 0
     stale_allowance: int = 1  # a reused connection found dead costs no retry
-    backoff: float = 0.0  # seconds to wait before the next attempt
-
-
-def _is_retryable(error: SMTPError) -> bool:
-    """Only failures that prove the server did not take the message: connection-level
-    ones (421 included) before the end of the data, never a refusal or a lost verdict."""
-    return isinstance(error, (ConnectError, SMTPTimeoutError)) and not error.delivery_unknown
-
-
-def _is_throttling(error: SMTPError) -> bool:
-    code = error.response_code
-    if code in (421, 454):
-        return True
-    return code is not None and 400 <= code < 500 and (error.command or "").startswith("MAIL")
+    not_before: float = 0.0  # a retry waits until then
+    running: bool = False  # its future was told it runs (on the first attempt)
 
 
 _POOLS: weakref.WeakSet[SMTPPool] = weakref.WeakSet()
@@ -182,8 +184,8 @@ _worker = threading.local()  # .active is True in the pool's worker threads
 class SMTPPool:
     """A thread-safe SMTP transport: ``send``, ``submit``, ``send_many``, ``verify``.
 
-    Takes the options of DESIGN.md as keywords (see :class:`smtppool.config.Options`),
-    plus ``service=`` for a well-known provider, and ``rate_limiter=``: any
+    Takes the options of :class:`smtppool.config.Options` as keywords, plus
+    ``service=`` for a well-known provider, and ``rate_limiter=``: any
     :class:`~smtppool.ratelimit.Limiter` in place of the in-process one that
     ``rate_limit``/``rate_delta`` configure (for example a limit shared between
     processes, :class:`smtppool.contrib.redis_limiter.RedisLimiter`; one per pool, since
@@ -222,36 +224,50 @@ class SMTPPool:
         """(Re)create every piece of runtime state; also used in a forked child."""
         opts = self.options
         self._lock = threading.Lock()
+        self._changed = threading.Condition(self._lock)  # jobs, connections, workers moved
         self._executor = ThreadPoolExecutor(opts.max_connections, thread_name_prefix="smtppool")
-        self._idle: queue.LifoQueue[_Idle | None] = queue.LifoQueue(opts.max_connections)
-        for _ in range(opts.max_connections):
-            self._idle.put(None)
+        self._executor_open = True
         self._limiter: Limiter = self._shared_limiter or RateLimiter(
             opts.rate_limit, opts.rate_delta
         )
         self._leases: dict[SMTPConnection, ConnectionLease] = {}
-        self._waiting: deque[_Job] = deque()  # submitted and not yet started, in order
-        self._workers = 0  # worker loops running (at most max_connections)
-        self._closed = False
-        self._queued = self._in_flight = self._busy = 0
+        self._waiting: deque[_Job] = deque()  # queued, oldest first
+        self._started: set[_Job] = set()  # taken or sending
+        self._idle: list[_Idle] = []  # the most recently used last
+        self._dials: set[SMTPConnection] = set()  # being dialled
+        self._in_use: set[SMTPConnection] = set()  # sending or retiring
+        self._open = 0  # connections open: idle, sending or retiring
+        self._dialing = 0
+        self._workers = 0  # worker loops running
+        self._connection_limit = ConnectionLimit(opts.max_connections)
+        self._throttle = Throttle()
+        self._last_dial_error: SMTPError | None = None
+        self._closed = False  # no new messages
+        self._stopping = False  # close(wait=False), or close() timed out: nothing new starts
+        self._retire_returns = False  # close() emptied the idle list: retire what comes back
         self._counts = dict.fromkeys(
-            ("sent", "failed", "retried", "connections_opened", "connections_retired"), 0
+            (
+                "sent",
+                "failed",
+                "retried",
+                "connections_opened",
+                "connections_retired",
+                "connections_failed",
+            ),
+            0,
         )
-        self._connect_failures = 0
-        self._last_connect_error: SMTPError | None = None
-        self._dial_again_at = 0.0
-        self._throttle_pause = THROTTLE_PAUSE
         self._stop_reaper = threading.Event()
         self._reaper: threading.Thread | None = None
 
     def __repr__(self) -> str:
-        with self._idle.mutex:
-            idle = sum(1 for item in self._idle.queue if item is not None)
         with self._lock:
+            idle = len(self._idle)
+            limit = self._connection_limit
+            capped = f", working limit {limit.limit} of {limit.ceiling}" if limit.capped else ""
             return (
                 f"<SMTPPool {self.options.host}:{self.options.port} "
-                f"[in flight {self._in_flight}, queued {self._queued} | "
-                f"connections {self._busy} busy, {idle} idle]>"
+                f"[in flight {len(self._started)}, queued {len(self._waiting)} | "
+                f"connections {self._open - idle} busy, {idle} idle{capped}]>"
             )
 
     # -- public API --------------------------------------------------------------------
@@ -260,6 +276,8 @@ class SMTPPool:
         self, message: MessageInput, envelope: EnvelopeInput | None = None
     ) -> Future[SendResult]:
         """Queue a message and return at once; the future gets a SendResult or SMTPError.
+
+        Cancelling the future withdraws the message unless it is already on the wire.
 
         :raises PoolClosedError: the pool is closed.
         :raises ValueError: no envelope given and none can be derived from the message.
@@ -272,17 +290,12 @@ class SMTPPool:
         self, message: MessageInput, envelope: EnvelopeInput | None, done: _Settleable
     ) -> None:
         message, env = pair_with_envelope(message, envelope)
-        job = _Job(_Payload(message), env, done)
+        job = _Job(_Payload(message), env, done, time.monotonic())
         with self._lock:
             if self._closed:
                 raise PoolClosedError("the pool is closed")
             self._waiting.append(job)
-            self._queued += 1
-            spawn = self._workers < self.options.max_connections
-            if spawn:
-                self._workers += 1
-        if spawn:
-            self._executor.submit(self._work_loop)
+            self._spawn_locked()
 
     def send(
         self,
@@ -291,11 +304,32 @@ class SMTPPool:
         *,
         timeout: float | None = None,
     ) -> SendResult:
-        """Send one message and wait for its result.
+        """Send one message and wait for its result (see :meth:`result` for ``timeout``).
 
         :raises SMTPError: the subclass that says what went wrong.
         """
-        return self.submit(message, envelope).result(timeout)
+        return self.result(self.submit(message, envelope), timeout)
+
+    def result(self, future: Future[SendResult], timeout: float | None = None) -> SendResult:
+        """Wait for a submitted message's outcome; ``timeout`` bounds the wait.
+
+        When the time runs out while the message still waits its turn, it is withdrawn
+        and will never be sent: :class:`PoolTimeoutError` (``delivery_unknown`` False).
+        When it is already on the wire, :class:`SMTPTimeoutError` with
+        ``delivery_unknown`` True: it may still be delivered.
+
+        :raises SMTPError: the message's own failure, or one of the two above.
+        """
+        if timeout is not None and not wait_for_futures([future], timeout, FIRST_COMPLETED)[0]:
+            withdrawn = PoolTimeoutError(
+                f"not sent: still waiting for its turn after {timeout:g} s; withdrawn"
+            )
+            if not self._withdraw(future, withdrawn) and not future.done():
+                raise SMTPTimeoutError(
+                    f"no outcome after {timeout:g} s: the message is being sent",
+                    delivery_unknown=True,
+                )
+        return future.result()
 
     def send_many(
         self,
@@ -330,13 +364,20 @@ class SMTPPool:
     def is_idle(self) -> bool:
         """True while fewer than ``max_connections`` messages are queued or in flight."""
         with self._lock:
-            return self._queued + self._in_flight < self.options.max_connections
+            return len(self._waiting) + len(self._started) < self.options.max_connections
 
     def stats(self) -> dict[str, int]:
-        """Counters for monitoring: sent, failed, retried, connections opened and retired,
-        queued, in flight."""
+        """Counters for monitoring: sent, failed, retried, connections opened, retired and
+        failed (dials that did not give a session), queued, in flight, and
+        ``connection_limit``: how many connections the pool holds at most right now
+        (``max_connections``, or fewer while the server refuses more)."""
         with self._lock:
-            return {**self._counts, "queued": self._queued, "in_flight": self._in_flight}
+            return {
+                **self._counts,
+                "queued": len(self._waiting),
+                "in_flight": len(self._started),
+                "connection_limit": self._connection_limit.limit,
+            }
 
     def verify(self) -> bool:
         """Check the settings on a fresh connection outside the pool's slots: connect,
@@ -352,12 +393,16 @@ class SMTPPool:
             connection.quit()
         return True
 
-    def close(self, wait: bool = True) -> None:
-        """Stop taking messages and release every connection; never hangs.
+    def close(self, wait: bool = True, timeout: float | None = CLOSE_TIMEOUT) -> None:
+        """Stop taking messages and release every connection; returns within ``timeout``.
 
-        ``wait=True`` delivers what is queued, then QUITs.  ``wait=False`` fails queued
-        messages with :class:`PoolClosedError`, lets in-flight ones finish in the
-        background and closes idle connections at once.
+        ``wait=True`` delivers what is queued, then QUITs, for at most ``timeout``
+        seconds (default 60; None waits as long as delivery takes).  Past it, messages
+        still queued fail with :class:`PoolClosedError` (never sent), and connections
+        still sending are cut: a message cut before its end of data fails with
+        :class:`PoolClosedError`, one cut after it with ``delivery_unknown``.
+        ``wait=False`` fails queued messages at once, lets those on the wire finish in
+        the background and closes idle connections.
 
         :raises RuntimeError: ``wait=True`` from one of the pool's own threads (such as an
             ``on_idle`` callback), which would wait for itself.
@@ -366,21 +411,26 @@ class SMTPPool:
             raise RuntimeError("close(wait=True) from a pool thread would wait for itself")
         with self._lock:
             self._closed = True
-            dropped: list[_Job] = []
-            if not wait:
-                dropped, self._waiting = list(self._waiting), deque()
-                self._queued -= len(dropped)
-        if wait:
-            self._executor.shutdown(wait=True)
-        else:
-            for job in dropped:
-                _settle(job.future, PoolClosedError("the pool was closed"))
-            self._executor.shutdown(wait=False)
+        cut = False
+        if not wait:
+            self._stop(cut=False)
+        elif not self._wait_until(lambda: self._workers == 0, timeout):
+            cut = True
+            self._log.warning(
+                "close(): %s s passed with messages in flight; failing the rest", timeout
+            )
+            self._stop(cut=True)
+            # What was on the wire fails at once; one socket timeout bounds a straggler.
+            self._wait_until(lambda: not self._started, self.options.socket_timeout)
+        with self._lock:
+            self._executor_open = False
+            finished = self._workers == 0
+        self._executor.shutdown(wait=finished)
         self._limiter.close()
         self._stop_reaper.set()
         if self._reaper is not None and self._reaper is not threading.current_thread():
-            self._reaper.join(SLOT_TIMEOUT)
-        self._drain_idle(polite=wait)
+            self._reaper.join(REAP_INTERVAL + WAIT_STEP)
+        self._drain_idle(polite=wait and not cut)
 
     def __enter__(self) -> SMTPPool:
         return self
@@ -393,35 +443,281 @@ class SMTPPool:
     ) -> None:
         self.close()
 
-    # -- the worker --------------------------------------------------------------------
+    # -- bookkeeping of jobs (callers of the *_locked methods hold the lock) -------------
 
-    def _work_loop(self) -> None:
-        """A worker: send waiting messages until there are none, then end."""
-        _worker.active = True
-        while True:
-            with self._lock:
-                job = self._take_next()
-                if job is None:  # checked and given up under one lock: nothing is stranded
-                    self._workers -= 1
-                    return
-            if not job.future.set_running_or_notify_cancel():  # cancelled while queued
-                self._finish(job, None)
-                continue
-            todo = deque([job])
-            while todo:  # retries stay with this worker, which works while close() drains too
-                job = todo.popleft()
-                if job.backoff:
-                    time.sleep(job.backoff)
-                todo.extend(self._work(job))
+    def _wait_until(self, condition: Any, timeout: float | None) -> bool:
+        """Wait, in bounded steps, until ``condition()`` holds; False if ``timeout`` passed."""
+        deadline = None if timeout is None else time.monotonic() + timeout
+        with self._changed:
+            while not condition():
+                step = WAIT_STEP
+                if deadline is not None:
+                    step = min(step, deadline - time.monotonic())
+                    if step <= 0:
+                        return False
+                self._changed.wait(step)
+        return True
 
-    def _take_next(self) -> _Job | None:
-        """Start the oldest waiting message (caller holds the lock)."""
+    def _spawn_locked(self) -> None:
+        """Start a worker loop when messages wait and the working limit allows one more."""
+        if self._waiting and self._executor_open and self._workers < self._connection_limit.limit:
+            self._workers += 1
+            try:
+                self._executor.submit(self._work_loop)
+            except RuntimeError:  # the interpreter is shutting down
+                self._workers -= 1
+
+    def _take_locked(self) -> _Job | None:
+        """The oldest queued job, now taken by the calling worker."""
         if not self._waiting:
             return None
         job = self._waiting.popleft()
-        self._queued -= 1
-        self._in_flight += 1
+        job.state = TAKEN
+        self._started.add(job)
         return job
+
+    def _give_back_locked(self, jobs: Iterable[_Job]) -> None:
+        """Put taken jobs back at the head of the queue, in their order."""
+        for job in reversed(list(jobs)):
+            if job.state == TAKEN:
+                job.state = QUEUED
+                self._started.discard(job)
+                self._waiting.appendleft(job)
+
+    def _withdraw_locked(self, jobs: Iterable[_Job]) -> list[_Job]:
+        """Mark jobs that are not on the wire done and failed; the caller settles them."""
+        withdrawn = []
+        for job in jobs:
+            if job.state in (QUEUED, TAKEN):
+                job.state = DONE
+                self._started.discard(job)
+                withdrawn.append(job)
+        self._counts["failed"] += len(withdrawn)
+        return withdrawn
+
+    def _withdraw(self, future: object, error: SMTPError) -> bool:
+        """Fail the job of ``future`` with ``error`` if it is not on the wire yet."""
+        with self._lock:
+            job = next((j for j in (*self._waiting, *self._started) if j.future is future), None)
+            if job is None or not self._withdraw_locked([job]):
+                return False
+            if job in self._waiting:
+                self._waiting.remove(job)
+            self._changed.notify_all()
+        _settle(job.future, error)
+        return True
+
+    def _claim(self, job: _Job) -> bool:
+        """Put a taken job on the wire: False when it was withdrawn or cancelled meanwhile
+        (the caller then calls ``_finish(job, None)``)."""
+        with self._lock:
+            if job.state != TAKEN:
+                return False
+            if not job.running and not job.future.set_running_or_notify_cancel():
+                return False
+            job.state, job.running = SENDING, True
+            return True
+
+    def _finish(self, job: _Job, outcome: SendResult | BaseException | None) -> None:
+        """A started job is over: count it and free its place (one lock round, before the
+        caller can see the outcome), settle it, then tell on_idle.  ``outcome`` is None
+        for a job cancelled by its caller; a job already withdrawn is left alone."""
+        with self._lock:
+            if job.state == DONE:
+                return
+            job.state = DONE
+            self._started.discard(job)
+            if isinstance(outcome, SendResult):
+                self._throttle.flowing()
+                self._counts["sent"] += 1
+            elif outcome is not None:
+                self._counts["failed"] += 1
+            has_capacity = len(self._waiting) + len(self._started) < self.options.max_connections
+        if outcome is not None:
+            _settle(job.future, outcome)
+        if has_capacity and self.options.on_idle is not None:
+            try:
+                self.options.on_idle()
+            except Exception:
+                self._log.exception("on_idle callback failed")
+
+    def _stop(self, *, cut: bool) -> None:
+        """Start nothing more: fail every job not on the wire with PoolClosedError, stop
+        the dials (no message needs them now) and, when ``cut``, cut the connections in
+        use too, so that the messages on the wire end now."""
+        with self._lock:
+            self._stopping = True
+            withdrawn = self._withdraw_locked([*self._waiting, *self._started])
+            self._waiting.clear()
+            connections = [*self._dials, *(self._in_use if cut else ())]
+            self._changed.notify_all()
+        reason = "close() timed out before it was sent" if cut else "the pool was closed"
+        for job in withdrawn:
+            _settle(job.future, PoolClosedError(f"not sent: {reason}"))
+        for connection in connections:
+            connection.abort()
+        self._limiter.close()  # a worker waiting for its turn to send wakes, and sends nothing
+
+    # -- the worker --------------------------------------------------------------------
+
+    def _work_loop(self) -> None:
+        """A worker: send waiting messages while it has a connection for them, then end."""
+        _worker.active = True
+        held: deque[_Job] = deque()  # taken by this worker: retries, and dials that failed
+        while (assignment := self._assign(held)) is not None:
+            job, slot = assignment
+            if slot is None:
+                try:
+                    connection = self._dial()
+                except BaseException as exc:
+                    if self._dial_failed(exc):  # another connection, or the next dial, takes it
+                        held.appendleft(job)
+                    else:
+                        self._finish(job, exc)
+                    continue
+                reused = False
+            else:
+                connection, reused = slot.connection, True
+                if not self._usable(connection):
+                    self._retire(connection)
+                    held.appendleft(job)
+                    continue
+            held.extend(self._send(job, connection, reused))
+
+    def _assign(self, held: deque[_Job]) -> tuple[_Job, _Idle | None] | None:
+        """Wait, in bounded steps, until the next message (the first ``held``, else the
+        oldest queued) can go: on an idle connection, or on one this worker dials (the
+        slot is then None).  None when this worker should end; its held messages are
+        then back at the head of the queue.  Messages whose wait for a connection passed
+        ``pool_timeout`` fail on the way."""
+        while True:
+            with self._changed:
+                now = time.monotonic()
+                expired = self._expire_locked(held, now)
+                if not expired:
+                    assignment = self._assign_locked(held, now)
+                    if not isinstance(assignment, float):
+                        return assignment
+                    self._changed.wait(assignment)
+                    continue
+            error = self._no_connection_error(expired)
+            for job in expired:
+                _settle(job.future, error)
+
+    def _assign_locked(
+        self, held: deque[_Job], now: float
+    ) -> tuple[_Job, _Idle | None] | float | None:
+        """The assignment, None (end this worker), or how long to wait before asking again."""
+        while held and held[0].state == DONE:  # withdrawn while this worker held it
+            held.popleft()
+        limit = self._connection_limit
+        if limit.grow(now):
+            self._log.info(
+                "%s:%s: trying %d connection(s) again", self.options.host, self.options.port,
+                limit.limit,
+            )  # fmt: skip
+            self._spawn_locked()
+        head = held[0] if held else (self._waiting[0] if self._waiting else None)
+        if head is None or self._stopping or self._workers > limit.limit:
+            self._end_worker_locked(held)
+            return None
+        if head.not_before > now:
+            return self._wait_step_locked(held, now)
+        slot: _Idle | None = None
+        if self._idle:
+            slot = self._idle.pop()
+            self._in_use.add(slot.connection)
+        elif limit.may_dial(now, self._open, self._dialing):
+            self._dialing += 1
+        elif self._workers > 1:  # the workers with connections carry the queue
+            self._end_worker_locked(held)
+            return None
+        else:
+            return self._wait_step_locked(held, now)
+        job = held.popleft() if held else self._take_locked()
+        assert job is not None
+        return job, slot
+
+    def _end_worker_locked(self, held: deque[_Job]) -> None:
+        self._give_back_locked(held)
+        held.clear()
+        self._workers -= 1
+        self._changed.notify_all()
+
+    def _wait_step_locked(self, held: deque[_Job], now: float) -> float:
+        """How long a worker that can do nothing now sleeps, at most."""
+        step = WAIT_STEP
+        if held and held[0].not_before > now:
+            step = min(step, held[0].not_before - now)
+        step = min(step, self._connection_limit.dial_wait(now) or step)
+        for job in (held[0] if held else None, self._waiting[0] if self._waiting else None):
+            if job is None:
+                continue
+            ends = self._connection_limit.wait_ends(job.queued_at, self.options.pool_timeout)
+            if ends is not None:
+                step = min(step, ends - now)
+        return max(step, 0.001)
+
+    def _expire_locked(self, held: deque[_Job], now: float) -> list[_Job]:
+        """Jobs whose wait for a connection is over (no connection is open, none could be
+        opened, and ``pool_timeout`` has passed): withdrawn, for the caller to fail."""
+        limit, pool_timeout = self._connection_limit, self.options.pool_timeout
+
+        def over(job: _Job) -> bool:
+            ends = limit.wait_ends(job.queued_at, pool_timeout)
+            return ends is not None and now >= ends
+
+        expired = [job for job in held if over(job)]
+        while self._waiting and over(self._waiting[0]):  # the oldest are at the head
+            expired.append(self._waiting.popleft())
+        if not expired:
+            return expired
+        for job in expired:
+            if job in held:
+                held.remove(job)
+        return self._withdraw_locked(expired)
+
+    def _no_connection_error(self, jobs: list[_Job]) -> ConnectError:
+        opts = self.options
+        last = self._last_dial_error
+        waited = time.monotonic() - min(job.queued_at for job in jobs)
+        text = f"not sent: no connection to {opts.host}:{opts.port} could be opened"
+        text += f" within pool_timeout ({opts.pool_timeout:g} s; waited {waited:.1f} s)"
+        if last is None:
+            return ConnectError(text)
+        error = ConnectError(
+            f"{text}; last attempt: {last.message}",
+            code=last.code if isinstance(last, ConnectError) else None,
+            response=last.response,
+            response_code=last.response_code,
+            command=last.command,
+        )
+        error.__cause__ = last
+        return error
+
+    def _send(self, job: _Job, connection: SMTPConnection, reused: bool) -> list[_Job]:
+        """Send ``job`` (and whatever the connection can pipeline behind it) on
+        ``connection``, then give the connection back; return the jobs to try again."""
+        handed: deque[_Job] = deque([job])
+        retry: list[_Job] = []
+        try:
+            if reused:
+                self._leases[connection].renew()
+            self._limiter.acquire()
+            if not self._claim(job):
+                self._finish(handed.popleft(), None)
+                return retry
+            stream = connection.send_stream(
+                (job.envelope, job.payload.attempt()), lambda: self._steal(connection, handed)
+            )
+            for outcome in stream:
+                self._conclude(handed.popleft(), outcome, reused, retry)
+        except BaseException as exc:  # every handed message learns its fate, whatever happened
+            while handed:
+                self._conclude(handed.popleft(), exc, reused, retry)
+        finally:
+            self._checkin(connection)
+        return retry
 
     def _steal(
         self, connection: SMTPConnection, handed: deque[_Job]
@@ -436,7 +732,7 @@ class SMTPPool:
                 return None
         while True:
             with self._lock:
-                job = self._take_next()
+                job = None if self._stopping else self._take_locked()
             if job is None:
                 return None
             try:
@@ -445,213 +741,170 @@ class SMTPPool:
                 allowed = False
             if not allowed:  # it must wait its turn: leave it for a worker that can
                 with self._lock:
-                    self._queued += 1
-                    self._in_flight -= 1
-                    self._waiting.appendleft(job)
+                    self._give_back_locked([job])
                 return None
-            if job.future.set_running_or_notify_cancel():
+            if self._claim(job):
                 handed.append(job)
                 return job.envelope, job.payload.attempt()
             self._finish(job, None)
-
-    def _work(self, job: _Job) -> list[_Job]:
-        """Send ``job`` (and whatever the connection can pipeline behind it) on one
-        connection; return the jobs to try again."""
-        handed: deque[_Job] = deque([job])
-        retry: list[_Job] = []
-        try:
-            slot = self._checkout()
-        except BaseException as exc:  # no slot: the message still learns its fate
-            self._conclude(job, exc, False, retry)
-            return retry
-        connection = slot.connection if slot is not None else None
-        reused = connection is not None
-        try:
-            if connection is None:
-                connection = self._open()
-            else:
-                self._leases[connection].renew()
-            self._limiter.acquire()
-            carrier = connection
-            stream = carrier.send_stream(
-                (job.envelope, job.payload.attempt()), lambda: self._steal(carrier, handed)
-            )
-            for outcome in stream:
-                self._conclude(handed.popleft(), outcome, reused, retry)
-        except BaseException as exc:  # every handed message learns its fate, whatever happened
-            while handed:
-                self._conclude(handed.popleft(), exc, reused, retry)
-        finally:
-            self._checkin(connection)
-        return retry
 
     def _conclude(
         self, job: _Job, outcome: SendResult | BaseException, reused: bool, retry: list[_Job]
     ) -> None:
         """Settle a message, or put it in ``retry`` when the failure proves it was not taken."""
-        if isinstance(outcome, SendResult):
-            self._finish(job, outcome)
-            return
         if isinstance(outcome, SMTPError):
-            if _is_throttling(outcome):
-                self._throttle(outcome)
-            if _is_retryable(outcome) and job.payload.replayable and not self._cooling():
-                backoff = self._next_backoff(job, reused)
-                if backoff is not None:
-                    job.backoff = backoff
-                    self._count("retried")
+            if is_throttling(outcome):
+                self._pause_for(outcome)
+            if is_retryable(outcome) and job.payload.replayable:
+                delay = self._retry_delay(job, reused)
+                if delay is not None and self._hold_for_retry(job):
+                    job.not_before = time.monotonic() + delay
                     self._log.info("retrying a message after %s: %s", outcome.code, outcome.message)
                     retry.append(job)
                     return
+            if self._stopping and not outcome.delivery_unknown:
+                closed = PoolClosedError("not sent: the pool was closed while sending it")
+                closed.__cause__ = outcome
+                outcome = closed
         self._finish(job, outcome)
 
-    def _next_backoff(self, job: _Job, reused: bool) -> float | None:
+    def _retry_delay(self, job: _Job, reused: bool) -> float | None:
         """Seconds to wait before retrying ``job``, or None when its retries are spent."""
         if reused and job.stale_allowance:
             job.stale_allowance -= 1
             return 0.0
         if job.retries_used < self.options.retries:
             job.retries_used += 1
-            return float(min(RETRY_BACKOFF * 2 ** (job.retries_used - 1), MAX_RETRY_BACKOFF))
+            return retry_delay(job.retries_used)
         return None
 
-    def _finish(self, job: _Job, outcome: SendResult | BaseException | None) -> None:
-        """A started job is over: count it and free its slot (one lock round, before the
-        caller can see the outcome), settle it, then tell on_idle.  ``outcome`` is None
-        for a job cancelled while it waited."""
+    def _hold_for_retry(self, job: _Job) -> bool:
+        """Take a failed attempt's job back for another attempt, unless the pool stops."""
         with self._lock:
-            if isinstance(outcome, SendResult):
-                self._throttle_pause = THROTTLE_PAUSE
-                self._counts["sent"] += 1
-            elif outcome is not None:
-                self._counts["failed"] += 1
-            self._in_flight -= 1
-            has_capacity = self._queued + self._in_flight < self.options.max_connections
-        if outcome is not None:
-            _settle(job.future, outcome)
-        if has_capacity and self.options.on_idle is not None:
-            try:
-                self.options.on_idle()
-            except Exception:
-                self._log.exception("on_idle callback failed")
+            if self._stopping or job.state == DONE:
+                return False
+            job.state = TAKEN
+            self._counts["retried"] += 1
+            return True
+
+    def _pause_for(self, error: SMTPError) -> None:
+        with self._lock:
+            pause = self._throttle.next_pause()
+        self._log.warning(
+            "server throttles (%s); pausing new messages for %.1f s", error.response, pause
+        )
+        self._limiter.pause(pause)
 
     # -- connections -------------------------------------------------------------------
 
-    def _checkout(self) -> _Idle | None:
-        try:
-            slot = self._idle.get(timeout=SLOT_TIMEOUT)
-        except queue.Empty:
-            raise ConnectError("no free connection slot in the pool") from None
-        with self._lock:
-            self._busy += 1
-        if slot is not None:
-            try:
-                reusable = slot.connection.is_reusable()
-            except (OSError, ValueError):  # a socket in a state nobody can use
-                reusable = False
-            if not reusable:
-                self._retire(slot.connection)
-                return None
-        return slot
-
-    def _checkin(self, connection: SMTPConnection | None) -> None:
-        """Give the slot back (exactly once per checkout); retire what cannot be reused."""
-        retire = None
-        if connection is not None and (self._closed or not connection.is_within_limits()):
-            retire, connection = connection, None
-        self._idle.put(_Idle(connection, time.monotonic()) if connection is not None else None)
-        with self._lock:
-            self._busy -= 1
-        if retire is not None:
-            self._retire(retire)
-        elif connection is not None:
-            self._start_reaper()
-
-    def _open(self) -> SMTPConnection:
-        with self._lock:
-            if self._cooling_locked():
-                last = self._last_connect_error
-                assert last is not None
-                raise type(last)(
-                    f"not dialling {self.options.host}:{self.options.port} for "
-                    f"{self._dial_again_at - time.monotonic():.1f} s after "
-                    f"{self._connect_failures} failed attempts; last: {last.message}",
-                    code=last.code,
-                    response=last.response,
-                    response_code=last.response_code,
-                    command=last.command,
-                )
-        lease = self._limiter.lease_connection(self.options.connection_timeout)
+    def _dial(self) -> SMTPConnection:
+        """Open and log in a new connection (the caller counted it in ``_dialing``)."""
         connection = SMTPConnection(options=self.options)
+        with self._lock:
+            self._dials.add(connection)  # so that close() can cut it
         try:
-            connection.connect()
-            connection.login()
-        except BaseException as exc:
-            lease.release()
-            if isinstance(exc, (ConnectError, SMTPTimeoutError)):
-                self._connect_failed(exc)
-            else:
+            lease = self._limiter.lease_connection(self.options.connection_timeout)
+            try:
+                connection.connect()
+                connection.login()
+                if self._stopping:
+                    raise PoolClosedError("the pool was closed while connecting")
+            except BaseException:
+                lease.release()
                 connection.close()
+                raise
+        except BaseException:
+            with self._lock:
+                self._dials.discard(connection)
+                self._dialing -= 1
+                self._changed.notify_all()
             raise
         with self._lock:
+            self._dials.discard(connection)
+            self._in_use.add(connection)
+            self._dialing -= 1
+            self._open += 1
             self._leases[connection] = lease  # released by _retire
-            self._connect_failures = 0
             self._counts["connections_opened"] += 1
+            recovered = self._connection_limit.outage_since is not None
+            self._connection_limit.dialled(self._open)
+            self._spawn_locked()  # the queue may use one more connection
+        if recovered:
+            self._log.warning("%s:%s: connected again", self.options.host, self.options.port)
         return connection
 
-    def _connect_failed(self, exc: SMTPError) -> None:
+    def _dial_failed(self, exc: BaseException) -> bool:
+        """Learn from a failed dial; True when it was temporary, so the message should
+        wait for another connection, False when it fails the message (a permanent
+        refusal such as a 554 greeting, a TLS or login failure, the pool closing)."""
+        if not isinstance(exc, SMTPError) or isinstance(exc, PoolClosedError):
+            return False
+        if not exc.temporary:
+            with self._lock:
+                self._counts["connections_failed"] += 1
+            return False
+        opts = self.options
         with self._lock:
-            self._connect_failures += 1
-            self._last_connect_error = exc
-            failures = self._connect_failures
-            if failures < CONNECT_FAILURE_LIMIT:
-                return
-            self._dial_again_at = time.monotonic() + COOL_DOWN
-        self._log.warning(
-            "%s:%s: %d connection attempts failed; pausing new connections for %.0f s",
-            self.options.host,
-            self.options.port,
-            failures,
-            COOL_DOWN,
-        )
+            limit = self._connection_limit
+            was_capped, was_out = limit.capped, limit.outage_since is not None
+            cap = is_connection_cap(exc, others_open=self._open)
+            lowered = limit.dial_failed(time.monotonic(), self._open, cap=cap)
+            self._last_dial_error = exc
+            self._counts["connections_failed"] += 1
+            working, outage = limit.limit, limit.outage_since is not None and not was_out
+            stopping = self._stopping
+        if lowered:
+            self._log.log(
+                logging.INFO if was_capped else logging.WARNING,
+                "%s:%s refuses more connections (%s); working limit %d of %d, "
+                "queued messages wait for the open ones",
+                opts.host, opts.port, exc.response or exc.message, working, opts.max_connections,
+            )  # fmt: skip
+        elif outage:
+            self._log.warning(
+                "%s:%s: cannot connect (%s); retrying, messages wait up to %s s",
+                opts.host, opts.port, exc, opts.pool_timeout,
+            )  # fmt: skip
+        else:
+            self._log.info("%s:%s: connection attempt failed: %s", opts.host, opts.port, exc)
+        return not stopping
+
+    def _usable(self, connection: SMTPConnection) -> bool:
+        try:
+            return connection.is_reusable()
+        except (OSError, ValueError):  # a socket in a state nobody can use
+            return False
+
+    def _checkin(self, connection: SMTPConnection) -> None:
+        """Give a connection back after use; retire it when it cannot be reused."""
+        keep = not (self._stopping or self._retire_returns) and connection.is_within_limits()
+        if keep:
+            with self._lock:
+                self._in_use.discard(connection)
+                self._idle.append(_Idle(connection, time.monotonic()))
+                self._changed.notify_all()
+            self._start_reaper()
+        else:
+            self._retire(connection)
 
     def _retire(self, *connections: SMTPConnection, polite: bool = True) -> None:
         """Close connections for good (QUIT first when ``polite``, all in one round trip)
         and free their leases."""
-        if polite:
+        if polite:  # a connection close() cut is closed already: nothing is said
             quit_all(connections)
         else:
             for connection in connections:
                 connection.close()
         with self._lock:
             leases = [self._leases.pop(connection, None) for connection in connections]
+            for connection in connections:
+                self._in_use.discard(connection)
+            self._open -= len(connections)
             self._counts["connections_retired"] += len(connections)
+            self._changed.notify_all()
         for lease in leases:
             if lease is not None:
                 lease.release()
-
-    def _cooling(self) -> bool:
-        with self._lock:
-            return self._cooling_locked()
-
-    def _cooling_locked(self) -> bool:
-        return (
-            self._connect_failures >= CONNECT_FAILURE_LIMIT
-            and time.monotonic() < self._dial_again_at
-        )
-
-    def _throttle(self, error: SMTPError) -> None:
-        with self._lock:
-            pause = self._throttle_pause
-            self._throttle_pause = min(pause * 2, MAX_THROTTLE_PAUSE)
-        self._log.warning(
-            "server throttles (%s); pausing new messages for %.1f s", error.response, pause
-        )
-        self._limiter.pause(pause)
-
-    def _count(self, name: str) -> None:
-        with self._lock:
-            self._counts[name] += 1
 
     # -- idle connections --------------------------------------------------------------
 
@@ -668,38 +921,32 @@ class SMTPPool:
             )
             self._reaper.start()
 
-    def _take_idle(self, expired: Any) -> list[SMTPConnection]:
-        """Take the idle connections ``expired(slot)`` selects; put the rest back, in order."""
-        slots: list[_Idle | None] = []
-        while True:
-            try:
-                slots.append(self._idle.get_nowait())
-            except queue.Empty:
-                break
-        taken = []
-        for slot in reversed(slots):  # back in the same LIFO order
-            if slot is not None and expired(slot):
-                taken.append(slot.connection)
-                slot = None
-            self._idle.put(slot)
-        return taken
+    def _take_idle(self, *, older_than: float | None = None) -> list[SMTPConnection]:
+        """Take idle connections (those idle since before ``older_than``, or all) out of
+        the idle list, into use, for retiring."""
+        with self._lock:
+            taken = [s for s in self._idle if older_than is None or s.since < older_than]
+            if older_than is None:
+                self._retire_returns = True
+            self._idle[:] = [s for s in self._idle if s not in taken]
+            connections = [slot.connection for slot in taken]
+            self._in_use.update(connections)
+        return connections
 
     def _reap(self) -> None:
         limit = self.options.idle_timeout
-        now = time.monotonic()
-        expired = self._take_idle(lambda slot: now - slot.since >= limit)
+        expired = self._take_idle(older_than=time.monotonic() - limit)
         if expired:
             self._log.debug("closing %d connection(s) idle for %.0f s", len(expired), limit)
             self._retire(*expired)
 
     def _drain_idle(self, *, polite: bool) -> None:
-        self._retire(*self._take_idle(lambda slot: True), polite=polite)
+        self._retire(*self._take_idle(), polite=polite)
 
     def _after_fork(self) -> None:
         """In a forked child: drop the parent's sockets unread and start afresh."""
-        for slot in list(self._idle.queue):
-            if slot is not None:
-                slot.connection.close()  # closes the child's descriptor only; sends nothing
+        for slot in self._idle:
+            slot.connection.close()  # closes the child's descriptor only; sends nothing
         self._setup()
         self._finalizer.detach()
         self._finalizer = weakref.finalize(self, _close_idle, self._idle)
@@ -729,15 +976,10 @@ def _reap_idle(pool_ref: weakref.ref[SMTPPool], stop: threading.Event, interval:
         del pool
 
 
-def _close_idle(idle: queue.LifoQueue[_Idle | None]) -> None:
+def _close_idle(idle: list[_Idle]) -> None:
     """Garbage-collection safety net: close idle sockets (no I/O, nothing can hang)."""
-    while True:
-        try:
-            slot = idle.get_nowait()
-        except queue.Empty:
-            return
-        if slot is not None:
-            slot.connection.close()
+    while idle:
+        idle.pop().connection.close()
 
 
 def _reinitialise_after_fork() -> None:

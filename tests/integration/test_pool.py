@@ -313,25 +313,6 @@ def test_verify(
             make_pool(host="127.0.0.1", port=unused.getsockname()[1]).verify()
 
 
-def test_dead_server_fails_fast_after_repeated_connect_failures(
-    make_pool: Callable[..., SMTPPool],
-) -> None:
-    import socket
-
-    with socket.socket() as unused:
-        unused.bind(("127.0.0.1", 0))
-        pool = make_pool(
-            host="127.0.0.1", port=unused.getsockname()[1], max_connections=1, retries=2
-        )
-        with pytest.raises(ConnectError, match="refused"):
-            pool.send(RAW)  # three attempts: the first and two retries
-        start = time.monotonic()
-        outcomes = list(pool.send_many([RAW] * 20))
-        assert time.monotonic() - start < 2.0
-    assert all(isinstance(o, ConnectError) and "not dialling" in o.message for o in outcomes)
-    assert pool.stats()["failed"] == 21 and pool.stats()["retried"] == 2
-
-
 def test_throttling_reply_pauses_new_messages(make_pool: Callable[..., SMTPPool]) -> None:
     sink = FirstMailRefused("451 4.7.1 slow down please").start()
     try:
@@ -379,20 +360,25 @@ def test_idle_connections_are_closed_after_idle_timeout(
     assert sink.connections_opened == 2
 
 
-def test_a_message_without_a_slot_fails_and_strands_nothing(
-    smtpd: SinkFactory, make_pool: Callable[..., SMTPPool], monkeypatch: pytest.MonkeyPatch
+def test_a_dial_that_raises_fails_its_message_and_strands_nothing(
+    smtpd: SinkFactory, make_pool: Callable[..., SMTPPool]
 ) -> None:
     sink = smtpd()
-    pool = make_pool(sink, max_connections=1)
-    pool.send(RAW)
-    monkeypatch.setattr(pool_module, "SLOT_TIMEOUT", 0.2)
-    slot = pool._idle.get_nowait()  # a slot leaked by some bug: the worker cannot have it
-    with pytest.raises(ConnectError, match="no free connection slot"):
+    broken = [True]
+
+    def get_socket(options: Any) -> Any:
+        if broken.pop() if broken else False:
+            raise RuntimeError("a bug in get_socket")
+        return None  # dial normally
+
+    pool = make_pool(sink, max_connections=1, get_socket=get_socket)
+    with pytest.raises(RuntimeError, match="a bug in get_socket"):
         pool.send(RAW, timeout=10)
     assert pool.stats()["in_flight"] == 0 and pool.stats()["failed"] == 1
-    pool._idle.put(slot)
-    pool.send(RAW, timeout=10)  # the worker is not lost either
-    assert len(sink.messages) == 2
+    pool.send(RAW, timeout=10)  # the worker, its dial count and the limit are intact
+    assert len(sink.messages) == 1
+    assert wait_until(lambda: pool._workers == 0)
+    assert (pool._open, pool._dialing, len(pool._idle)) == (1, 0, 1)
 
 
 def test_an_idle_connection_whose_socket_broke_is_replaced(
@@ -401,8 +387,8 @@ def test_an_idle_connection_whose_socket_broke_is_replaced(
     sink = smtpd()
     pool = make_pool(sink, max_connections=1)
     pool.send(RAW)
-    slot = pool._idle.queue[0]
-    assert slot is not None and slot.connection._sock is not None
+    slot = pool._idle[-1]
+    assert slot.connection._sock is not None
     slot.connection._sock.close()  # fileno() is now -1: select() raises ValueError
     pool.send(RAW, timeout=10)
     assert pool.stats()["connections_opened"] == 2 and len(sink.messages) == 2
@@ -615,8 +601,10 @@ def test_repr_and_stats_shape(smtpd: SinkFactory, make_pool: Callable[..., SMTPP
         "retried": 0,
         "connections_opened": 1,
         "connections_retired": 0,
+        "connections_failed": 0,
         "queued": 0,
         "in_flight": 0,
+        "connection_limit": 2,
     }
 
 

@@ -11,7 +11,7 @@ import smtppool
 
 PACKAGE = Path(smtppool.__file__).parent
 FORBIDDEN = {"socket", "ssl", "select", "selectors", "threading", "time", "concurrent", "asyncio"}
-PURE = ["protocol.py", "message.py", "auth.py", "envelope.py", "errors.py"]
+PURE = ["protocol.py", "message.py", "auth.py", "envelope.py", "errors.py", "pushback.py"]
 
 
 def imported_modules(path: Path) -> set[str]:

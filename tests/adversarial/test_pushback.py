@@ -1,0 +1,346 @@
+"""Servers that push back: connection caps, refusals, drops, stalls (tests/faults.py).
+
+Each scenario runs through the ways callers use the pool (``send`` from 20 threads,
+``submit``, ``send_many``) and checks every message's reported fate against what the
+server saw: delivered once and answered for a SendResult, never received for a failure,
+at most once for ``delivery_unknown``.
+"""
+
+from __future__ import annotations
+
+import logging
+import socket
+import threading
+import time
+from collections.abc import Callable, Iterator
+from concurrent.futures import Future
+
+import pytest
+
+from smtppool import (
+    ConnectError,
+    PoolClosedError,
+    PoolTimeoutError,
+    ProtocolError,
+    SendResult,
+    SMTPError,
+    SMTPPool,
+    SMTPTimeoutError,
+)
+
+from ..faults import Faults, FaultServer
+from ..servers import ScriptedServer, expect, send, wait_until
+
+Outcome = SendResult | SMTPError
+
+
+def raw(index: int) -> bytes:
+    return (
+        f"From: app@x.org\r\nTo: u{index}@x.org\r\nMessage-ID: <m{index}@pushback>\r\n"
+        f"Subject: {index}\r\n\r\nmessage {index}\r\n"
+    ).encode()
+
+
+def by_send_from_20_threads(pool: SMTPPool, count: int) -> dict[int, Outcome]:
+    outcomes: dict[int, Outcome] = {}
+
+    def caller(first: int) -> None:
+        for index in range(first, count, 20):
+            try:
+                outcomes[index] = pool.send(raw(index))
+            except SMTPError as exc:
+                outcomes[index] = exc
+
+    threads = [threading.Thread(target=caller, args=(n,)) for n in range(20)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(120)
+    return outcomes
+
+
+def by_submit(pool: SMTPPool, count: int) -> dict[int, Outcome]:
+    futures = {index: pool.submit(raw(index)) for index in range(count)}
+    outcomes: dict[int, Outcome] = {}
+    for index, future in futures.items():
+        try:
+            outcomes[index] = pool.result(future, 120)
+        except SMTPError as exc:
+            outcomes[index] = exc
+    return outcomes
+
+
+def by_send_many(pool: SMTPPool, count: int) -> dict[int, Outcome]:
+    return dict(enumerate(pool.send_many(raw(index) for index in range(count))))
+
+
+DRIVERS = [by_send_from_20_threads, by_submit, by_send_many]
+
+
+@pytest.fixture
+def fault_server() -> Iterator[Callable[..., FaultServer]]:
+    servers: list[FaultServer] = []
+
+    def start(**faults: object) -> FaultServer:
+        server = FaultServer(Faults(**faults)).start()  # type: ignore[arg-type]
+        servers.append(server)
+        return server
+
+    yield start
+    for server in servers:
+        server.stop()
+
+
+def pool_for(server: FaultServer | ScriptedServer, **options: object) -> SMTPPool:
+    return SMTPPool(host=server.host, port=server.port, **options)
+
+
+def assert_fates_match_the_server(outcomes: dict[int, Outcome], server: FaultServer) -> None:
+    """One outcome per message, each consistent with what the server received."""
+    counts = server.message_counts()
+    answered = {m.message_id for m in server.received if m.answered}
+    for index, outcome in outcomes.items():
+        copies = counts.get(f"<m{index}@pushback>", 0)
+        if isinstance(outcome, SendResult):
+            assert copies == 1 and f"<m{index}@pushback>" in answered, (index, copies)
+        elif outcome.delivery_unknown:
+            assert copies <= 1, (index, outcome)
+        else:
+            assert copies == 0, (index, outcome)  # reported failed: never delivered
+    assert set(counts) <= {f"<m{i}@pushback>" for i in outcomes}
+
+
+def assert_pool_is_whole(pool: SMTPPool) -> None:
+    stats = pool.stats()
+    assert stats["queued"] == stats["in_flight"] == 0, stats
+    assert wait_until(lambda: pool._workers == 0 and pool._dialing == 0), repr(pool)
+
+
+@pytest.mark.parametrize("driver", DRIVERS, ids=lambda d: d.__name__)
+@pytest.mark.parametrize(
+    "cap_reply",
+    [
+        b"421 4.7.0 Error: too many connections from 127.0.0.1",  # Postfix, Gmail
+        b"432 4.3.2 Concurrent connections limit exceeded",  # Outlook
+        None,  # a hang-up before the greeting
+    ],
+    ids=["421", "432", "hang-up"],
+)
+def test_a_connection_cap_is_learned_and_every_message_delivered_once(
+    fault_server: Callable[..., FaultServer],
+    driver: Callable[[SMTPPool, int], dict[int, Outcome]],
+    cap_reply: bytes | None,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    server = fault_server(cap=2, cap_reply=cap_reply)
+    pool = pool_for(server, max_connections=5)
+    start = time.monotonic()
+    outcomes = driver(pool, 300)
+    elapsed = time.monotonic() - start
+    close_started = time.monotonic()
+    pool.close()
+    assert time.monotonic() - close_started < 5
+    assert len(outcomes) == 300
+    assert all(isinstance(o, SendResult) for o in outcomes.values()), [
+        o for o in outcomes.values() if not isinstance(o, SendResult)
+    ][:3]
+    assert_fates_match_the_server(outcomes, server)
+    assert len(server.received) == 300
+    # After the first wave of refusals the pool keeps to what the server allows: no
+    # more refused dials (the limit grows back only after a quiet period of 10 s), and
+    # never more than two connections at the server.
+    assert elapsed < 10 and server.refused <= 5
+    assert server.peak_since_refusal is not None and server.peak_since_refusal <= 2
+    stats = pool.stats()
+    assert stats["connection_limit"] == 2 and stats["sent"] == 300 and stats["failed"] == 0
+    warnings = [r for r in caplog.records if "refuses more connections" in r.getMessage()]
+    assert [r.levelno for r in warnings][:1] == [logging.WARNING]
+    assert sum(r.levelno == logging.WARNING for r in warnings) == 1  # once, not per refusal
+    assert_pool_is_whole(pool)
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(180)
+@pytest.mark.parametrize("driver", DRIVERS, ids=lambda d: d.__name__)
+def test_refused_connects_and_dropped_sessions_lose_nothing(
+    fault_server: Callable[..., FaultServer],
+    driver: Callable[[SMTPPool, int], dict[int, Outcome]],
+) -> None:
+    """30 % of connects answered 421 and 3 % of transactions cut at every stage, the
+    final dot included: at least 99 % arrive, each exactly once, and every message has
+    one fate that agrees with the server."""
+    server = fault_server(refuse=0.3, drop=0.03, seed=16)
+    pool = pool_for(server)  # default retries
+    outcomes = driver(pool, 1000)
+    close_started = time.monotonic()
+    pool.close()
+    assert time.monotonic() - close_started < 5
+    assert len(outcomes) == 1000
+    assert_fates_match_the_server(outcomes, server)
+    counts = server.message_counts()
+    assert len(counts) >= 990 and max(counts.values()) == 1, len(counts)
+    unknown = [o for o in outcomes.values() if isinstance(o, SMTPError) and o.delivery_unknown]
+    failed = [o for o in outcomes.values() if isinstance(o, SMTPError) and not o.delivery_unknown]
+    assert not failed, failed[:3]  # only a lost verdict keeps a message from a SendResult
+    assert server.refused >= 5 and server.cut >= 10  # the faults did happen
+    print(f"\n{driver.__name__}: {len(counts)} received, {len(unknown)} delivery_unknown, "
+          f"{server.sessions} sessions, {server.refused} refused, {server.cut} cut")  # fmt: skip
+    assert_pool_is_whole(pool)
+
+
+def test_a_554_greeting_is_one_attempt_per_message(
+    fault_server: Callable[..., FaultServer],
+) -> None:
+    server = fault_server(refuse=1.0, refuse_reply=b"554 5.7.1 no SMTP service here")
+    with pool_for(server, max_connections=2, retries=5) as pool:
+        futures = [pool.submit(raw(i)) for i in range(6)]
+        for future in futures:
+            with pytest.raises(ConnectError) as info:
+                pool.result(future, 10)
+            assert info.value.response_code == 554 and not info.value.temporary
+        assert server.connections == 6  # one dial each, none repeated
+        assert pool.stats()["retried"] == 0 and pool.stats()["failed"] == 6
+
+
+def test_a_5xx_to_ehlo_is_one_attempt_per_message(
+    scripted: Callable[..., ScriptedServer],
+) -> None:
+    refused = [
+        send(b"220 hi\r\n"),
+        expect(b"EHLO"),
+        send(b"550 5.7.1 go away\r\n"),
+        expect(b"HELO"),
+        send(b"550 5.7.1 go away\r\n"),
+    ]
+    server = scripted(refused, refused)
+    with pool_for(server, max_connections=1, retries=5) as pool:
+        for _ in range(2):
+            with pytest.raises(ProtocolError) as info:
+                pool.send(raw(1), timeout=10)
+            assert info.value.response_code == 550
+        assert pool.stats()["connections_failed"] == 2 and pool.stats()["retried"] == 0
+
+
+def test_refused_dials_fail_no_message_an_open_connection_can_carry(
+    fault_server: Callable[..., FaultServer],
+) -> None:
+    """A server busy beyond one session, with a reply that does not say why: the dials
+    fail and back off, and the one working connection delivers everything."""
+    server = fault_server(cap=1, cap_reply=b"421 4.4.5 Server busy")
+    with pool_for(server, max_connections=3, pool_timeout=0.5) as pool:
+        outcomes = by_submit(pool, 60)
+        assert all(isinstance(o, SendResult) for o in outcomes.values())
+        assert server.peak_sessions == 1 and server.refused >= 1
+        assert pool.stats()["connection_limit"] == 3  # a plain failure is not a cap
+
+
+def test_a_dead_server_fails_messages_after_pool_timeout_with_few_dials() -> None:
+    with socket.socket() as unused:
+        unused.bind(("127.0.0.1", 0))
+        port = unused.getsockname()[1]
+        pool = SMTPPool(host="127.0.0.1", port=port, max_connections=3, pool_timeout=0.6)
+        with pool:
+            start = time.monotonic()
+            with pytest.raises(ConnectError) as info:
+                pool.send(raw(0))
+            waited = time.monotonic() - start
+            outcomes = list(pool.send_many(raw(i) for i in range(1, 21)))
+            waited_many = time.monotonic() - start - waited
+    assert 0.5 <= waited < 3, waited
+    text = str(info.value)
+    assert f"127.0.0.1:{port}" in text and "pool_timeout" in text and "refused" in text
+    assert info.value.temporary and not info.value.delivery_unknown
+    assert all(isinstance(o, ConnectError) for o in outcomes) and waited_many < 3
+    # One probe at a time with growing backoff: a few dials, not three per message.
+    assert pool.stats()["connections_failed"] <= 12 and pool.stats()["retried"] == 0
+
+
+def test_close_with_a_timeout_reports_every_fate_promptly(
+    fault_server: Callable[..., FaultServer],
+) -> None:
+    server = fault_server(stall=30)  # every message is received, then never answered
+    pool = pool_for(server, max_connections=2, socket_timeout=5)
+    futures = [pool.submit(raw(i)) for i in range(20)]
+    assert wait_until(lambda: len(server.received) == 2)
+    start = time.monotonic()
+    pool.close(timeout=2)
+    elapsed = time.monotonic() - start
+    assert 1.9 <= elapsed < 2 + 5, elapsed  # the bound, plus at most one socket timeout
+    assert all(future.done() for future in futures)
+    errors = [future.exception() for future in futures]
+    unknown = [e for e in errors if isinstance(e, SMTPError) and e.delivery_unknown]
+    closed = [e for e in errors if isinstance(e, PoolClosedError)]
+    assert len(unknown) == 2 and len(closed) == 18  # cut after the dot / never sent
+    assert all(not e.delivery_unknown for e in closed)
+    time.sleep(0.2)
+    assert len(server.received) == 2
+    assert pool.stats()["failed"] == 20 and pool._workers == 0
+
+
+def test_close_with_a_timeout_cuts_a_dial_in_progress(
+    fault_server: Callable[..., FaultServer],
+) -> None:
+    server = fault_server(delay=30)  # the greeting never comes
+    pool = pool_for(server, max_connections=1)
+    future = pool.submit(raw(1))
+    assert wait_until(lambda: server.connections == 1)
+    start = time.monotonic()
+    pool.close(timeout=0.5)
+    assert time.monotonic() - start < 3
+    with pytest.raises(PoolClosedError):
+        future.result(0)
+    assert wait_until(lambda: pool._workers == 0) and server.received == []
+
+
+def test_send_timeout_while_queued_withdraws_the_message(
+    fault_server: Callable[..., FaultServer],
+) -> None:
+    server = fault_server(stall=1.0)
+    with pool_for(server, max_connections=1) as pool:
+        first = pool.submit(raw(1))
+        assert wait_until(lambda: len(server.received) == 1)  # the only connection is busy
+        with pytest.raises(PoolTimeoutError) as info:
+            pool.send(raw(2), timeout=0.2)
+        assert isinstance(info.value, SMTPTimeoutError)
+        assert not info.value.delivery_unknown and "withdrawn" in str(info.value)
+        assert pool.result(first, 10).response.startswith("250")
+        assert pool.stats()["queued"] == 0
+    assert [m.message_id for m in server.received] == ["<m1@pushback>"]  # never sent
+    assert pool.stats()["sent"] == 1 and pool.stats()["failed"] == 1
+
+
+def test_send_timeout_while_dialling_withdraws_the_message(
+    fault_server: Callable[..., FaultServer],
+) -> None:
+    server = fault_server(delay=0.5)  # a slow greeting: the message waits for the dial
+    with pool_for(server, max_connections=1) as pool:
+        with pytest.raises(PoolTimeoutError):
+            pool.send(raw(1), timeout=0.2)
+        assert wait_until(lambda: pool.stats()["connections_opened"] == 1)
+        time.sleep(0.2)
+        assert pool.send(raw(2), timeout=10).response.startswith("250")
+    assert [m.message_id for m in server.received] == ["<m2@pushback>"]
+
+
+def test_send_timeout_on_the_wire_is_delivery_unknown(
+    fault_server: Callable[..., FaultServer],
+) -> None:
+    server = fault_server(stall=1.0)
+    with pool_for(server, max_connections=1) as pool:
+        with pytest.raises(SMTPTimeoutError) as info:
+            pool.send(raw(1), timeout=0.3)
+        assert info.value.delivery_unknown and not isinstance(info.value, PoolTimeoutError)
+        assert wait_until(lambda: pool.stats()["sent"] == 1)  # it went through after all
+    assert [m.message_id for m in server.received] == ["<m1@pushback>"]
+
+
+def test_a_cancelled_future_is_never_sent(fault_server: Callable[..., FaultServer]) -> None:
+    server = fault_server(stall=0.5)
+    with pool_for(server, max_connections=1) as pool:
+        futures: list[Future[SendResult]] = [pool.submit(raw(i)) for i in range(3)]
+        assert futures[2].cancel()
+        assert pool.result(futures[1], 10).response.startswith("250")
+    assert sorted(m.message_id or "" for m in server.received) == [
+        "<m0@pushback>",
+        "<m1@pushback>",
+    ]
