@@ -26,6 +26,7 @@ Needs the ``celery`` extra (``pip install 'smtppool[celery]'``).
 from __future__ import annotations
 
 import base64
+import binascii
 import logging
 import os
 import random
@@ -35,7 +36,6 @@ import uuid
 from collections import deque
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from concurrent.futures import Future
-from concurrent.futures import TimeoutError as FutureTimeout
 from dataclasses import dataclass
 from email.message import Message
 from email.parser import BytesHeaderParser
@@ -47,7 +47,7 @@ from celery.result import GroupResult
 
 from ..config import Options
 from ..envelope import Envelope, SendResult, pair_with_envelope
-from ..errors import SMTPError
+from ..errors import PoolClosedError, SMTPError
 from ..message import flatten_message
 from ..pool import SMTPPool
 from .redis_limiter import RedisLimiter
@@ -59,6 +59,7 @@ __all__ = [
     "encode",
     "register",
     "send_batch",
+    "send_chunk",
     "settings_from_env",
 ]
 
@@ -223,6 +224,105 @@ def _outcome(key: str, status: str, result: SendResult | BaseException | str) ->
                           accepted=[], rejected=[])  # fmt: skip
 
 
+def _status(error: BaseException) -> str:
+    """What a failed message becomes, judged by the error's attributes alone (never its
+    class: on Python 3.11+ ``SMTPTimeoutError`` is a ``concurrent.futures.TimeoutError``):
+    "delivery_unknown" (may have been accepted: never sent again), "again" (nothing was
+    accepted and a later attempt may succeed), or "failed"."""
+    if isinstance(error, SMTPError):
+        if error.delivery_unknown:
+            return "delivery_unknown"
+        if error.temporary or error.code == PoolClosedError.code:
+            return "again"
+    return "failed"
+
+
+def _decode(item: Mapping[str, Any]) -> tuple[bytes, Envelope]:
+    """An encoded item's content and envelope.
+
+    :raises ValueError: an item that cannot be sent (bad base64, a CR or LF in an address).
+    """
+    try:
+        return base64.b64decode(item["raw"], validate=True), Envelope(item["from"], item["to"])
+    except (KeyError, TypeError, binascii.Error) as exc:
+        raise ValueError(f"not an encoded message: {exc!r}") from exc
+
+
+def send_chunk(
+    pool: SMTPPool, records: _Records, items: Sequence[Mapping[str, Any]]
+) -> tuple[list[MessageOutcome], list[Mapping[str, Any]]]:
+    """Send a chunk of encoded messages through ``pool``; return the outcomes of the
+    messages whose fate is known, and the items to try again later.
+
+    A message is recorded "sending" only shortly before the pool gets it (at most one
+    waiting behind each connection, which is what lets the pool pipeline it), "sent"
+    after its 250, and forgotten when its failure proves nothing was delivered; only a
+    message whose fate is unknown keeps its "sending" record.  An item that cannot be
+    sent fails alone; the rest of the chunk goes on.
+    """
+    outcomes: list[MessageOutcome] = []
+    again: list[Mapping[str, Any]] = []
+    pending: deque[tuple[Mapping[str, Any], Future[SendResult]]] = deque()
+    window = 2 * pool.options.max_connections
+
+    def settle(item: Mapping[str, Any], future: Future[SendResult]) -> None:
+        key = item["key"]
+        try:
+            result = pool.result(future, RESULT_TIMEOUT)
+        except BaseException as exc:  # every future's error, whatever it is
+            status = _status(exc)
+            if status != "delivery_unknown":  # the record stays "sending": never sent again
+                records.forget(key)
+            if status == "again":
+                again.append(item)
+            else:
+                outcomes.append(_outcome(key, status, exc))
+            return
+        records.sent(key)
+        outcomes.append(_outcome(key, "sent", result))
+
+    unreachable: redis.RedisError | None = None
+    try:
+        for item in items:
+            key = str(item.get("key", ""))
+            try:
+                raw, envelope = _decode(item)
+            except ValueError as exc:
+                outcomes.append(_outcome(key, "failed", exc))
+                continue
+            if unreachable is not None:  # no record, no sending: try the rest later
+                again.append(item)
+                continue
+            try:
+                earlier = records.begin(key)
+            except redis.RedisError as exc:
+                log.warning("Redis unreachable (%s); the chunk's rest will be retried", exc)
+                unreachable = exc
+                again.append(item)
+                continue
+            if earlier == "sent":
+                outcomes.append(_outcome(key, "sent", "already sent by an earlier delivery"))
+                continue
+            if earlier is not None:
+                unknown = "an earlier run of this task stopped while sending it"
+                outcomes.append(_outcome(key, "delivery_unknown", unknown))
+                continue
+            try:
+                pending.append((item, pool.submit(raw, envelope)))
+            except (SMTPError, ValueError, TypeError) as exc:  # refused before it was queued
+                records.forget(key)
+                if _status(exc) == "again":
+                    again.append(item)
+                else:
+                    outcomes.append(_outcome(key, "failed", exc))
+            while len(pending) >= window:
+                settle(*pending.popleft())
+    finally:  # whatever stopped the loop, what was handed to the pool is accounted for
+        while pending:
+            settle(*pending.popleft())
+    return outcomes, again
+
+
 def register(
     app: Celery,
     settings: WorkerSettings | Callable[[], WorkerSettings],
@@ -268,62 +368,8 @@ def register(
     ) -> list[MessageOutcome]:
         """Send a chunk; return one outcome per message (retried ones included)."""
         current = worker()
-        records = _Records(current.redis, name)
-        outcomes = list(settled or [])
-        again: list[Mapping[str, Any]] = []
-        pending: deque[tuple[Mapping[str, Any], Future[SendResult]]] = deque()
-        # A message is marked "sending" only shortly before it starts: at most one
-        # waiting behind each connection, which is what lets the pool pipeline it.
-        window = 2 * current.pool.options.max_connections
-
-        def settle(item: Mapping[str, Any], future: Future[SendResult]) -> None:
-            key = item["key"]
-            try:
-                result = future.result(RESULT_TIMEOUT)
-            except FutureTimeout:
-                outcomes.append(_outcome(key, "delivery_unknown", "no outcome in time"))
-                return
-            except SMTPError as exc:
-                if exc.delivery_unknown:  # the record stays "sending": never sent again
-                    outcomes.append(_outcome(key, "delivery_unknown", exc))
-                    return
-                records.forget(key)
-                if exc.temporary:
-                    again.append(item)
-                else:
-                    outcomes.append(_outcome(key, "failed", exc))
-                return
-            records.sent(key)
-            outcomes.append(_outcome(key, "sent", result))
-
-        unreachable: redis.RedisError | None = None
-        for item in items:
-            key = item["key"]
-            if unreachable is not None:  # no record, no sending: try the rest later
-                again.append(item)
-                continue
-            try:
-                earlier = records.begin(key)
-            except redis.RedisError as exc:
-                log.warning("Redis unreachable (%s); the chunk's rest will be retried", exc)
-                unreachable = exc
-                again.append(item)
-                continue
-            if earlier == "sent":
-                outcomes.append(_outcome(key, "sent", "already sent by an earlier delivery"))
-                continue
-            if earlier is not None:
-                unknown = "an earlier run of this task stopped while sending it"
-                outcomes.append(_outcome(key, "delivery_unknown", unknown))
-                continue
-            envelope = Envelope(item["from"], item["to"])
-            raw = base64.b64decode(item["raw"])
-            pending.append((item, current.pool.submit(raw, envelope)))
-            while len(pending) >= window:
-                settle(*pending.popleft())
-        while pending:
-            settle(*pending.popleft())
-
+        outcomes, again = send_chunk(current.pool, _Records(current.redis, name), items)
+        outcomes = [*(settled or []), *outcomes]
         if again:
             retries = task.request.retries
             if retries < max_retries:

@@ -21,8 +21,9 @@ from smtppool.contrib.celery import encode, make_app, register, send_batch, sett
 from smtppool.message import flatten_message
 from smtppool.sink import Sink
 
+from ..faults import Faults, FaultServer
 from ..interop.servers import free_port
-from ..servers import wait_until
+from ..servers import ScriptedServer, expect, expect_data, goodbye, hello, send, sleep, wait_until
 from .conftest import TRANSIT_ALLOWANCE, RedisServer, Workers, max_in_window
 
 
@@ -116,8 +117,8 @@ def test_temporary_failures_are_retried_and_permanent_ones_are_not(
 ) -> None:
     port = free_port()
     late_sink = Sink(port=port, reject_recipients={"user1@example.test"})
-    workers = celery_workers(1, SMTPPOOL_BROKER=redis_server.url,
-                             SMTPPOOL_URL=f"smtp://127.0.0.1:{port}/?retries=0")  # fmt: skip
+    url = f"smtp://127.0.0.1:{port}/?retries=0&pool_timeout=1"  # no server: fail in 1 s
+    workers = celery_workers(1, SMTPPOOL_BROKER=redis_server.url, SMTPPOOL_URL=url)
     result = send_batch(client(redis_server), batch(3, "late"), chunk_size=3)
     assert wait_until(lambda: "Retry in" in workers.log(), 30), (
         "timed out waiting for Celery to schedule a retry"
@@ -225,3 +226,47 @@ def test_redis_for_limits_stopped_mid_batch_delays_but_loses_and_repeats_nothing
     # Fail closed: only messages already granted (on the wire, at most two per
     # connection) went out while the limiter was gone.
     assert during_outage <= 2 * 2 * 2
+
+
+@pytest.mark.timeout(120)
+def test_a_reply_timeout_is_retried_by_celery_not_reported_unknown(
+    scripted: Callable[..., ScriptedServer],
+    redis_server: RedisServer,
+    celery_workers: Callable[..., Workers],
+) -> None:
+    """On Python 3.11+ SMTPTimeoutError is a concurrent.futures.TimeoutError: the task
+    took a MAIL reply that never came for its own wait running out, and reported the
+    message delivery_unknown (never retried, its record "sending" for 7 days)."""
+    stalls = [*hello(), expect(b"MAIL"), sleep(2)]
+    answers = [*hello(), expect(b"MAIL"), send(b"250 ok\r\n"), expect(b"RCPT"),
+               send(b"250 ok\r\n"), expect(b"DATA"), send(b"354 go\r\n"), expect_data(),
+               send(b"250 2.0.0 queued\r\n"), *goodbye()]  # fmt: skip
+    server = scripted(stalls, answers)
+    url = f"smtp://127.0.0.1:{server.port}/?socket_timeout=0.5&retries=0&idle_timeout=1"
+    celery_workers(1, SMTPPOOL_BROKER=redis_server.url, SMTPPOOL_URL=url)
+    [outcome] = send_batch(client(redis_server), batch(1, "stall")).outcomes(timeout=90)
+    assert outcome["status"] == "sent" and outcome["response"] == "250 2.0.0 queued"
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(240)
+def test_a_batch_through_a_capped_flaky_server_has_one_true_fate_each(
+    redis_server: RedisServer, celery_workers: Callable[..., Workers]
+) -> None:
+    """Two workers with five connections each against a server that allows two
+    sessions, refuses a fifth of the connections with 421 and cuts 3 % of transactions:
+    every message sent once or reported unknown, nothing received twice."""
+    with FaultServer(Faults(cap=2, refuse=0.2, drop=0.03, seed=5)) as server:
+        url = f"smtp://127.0.0.1:{server.port}/?max_connections=5"
+        celery_workers(2, SMTPPOOL_BROKER=redis_server.url, SMTPPOOL_URL=url)
+        messages = batch(300, "pushback")
+        outcomes = send_batch(client(redis_server), messages, chunk_size=25).outcomes(200)
+        counts = server.message_counts()
+        peak = server.peak_sessions
+    assert [o["key"] for o in outcomes] == [m["key"] for m in messages]
+    statuses = Counter(o["status"] for o in outcomes)
+    assert set(statuses) <= {"sent", "delivery_unknown"}, statuses
+    assert statuses["sent"] >= 290 and max(counts.values()) == 1 and peak <= 2
+    for outcome in outcomes:
+        if outcome["status"] == "sent":
+            assert counts.get(outcome["key"]) == 1, outcome
