@@ -44,6 +44,7 @@ POOL_OPTIONS = frozenset(
         "idle_timeout",
         "connection_ttl",
         "retries",
+        "pool_timeout",
         "rate_limit",
         "rate_delta",
         "allow_plaintext_auth",
