@@ -6,6 +6,8 @@ core 1 and each client to core 0, because unpinned figures swing threefold on a
 two-core machine.  Clients run interleaved, round after round; the report gives medians
 with min-max and smtppool's ratio to each peer measured in the same run.
 
+The full mode also measures delivery under pushback (``benchmarks/pushback.py``).
+
 Peers: smtplib (1 connection, and N threads each with its own), aiosmtplib (N
 connections), Nodemailer's pool (installed with npm into a cache folder when missing)
 and Postfix's smtp-source (C).  Needs the Debian package ``postfix`` for smtp-sink and
@@ -33,6 +35,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from . import pushback
 from .clients import PURE_SOURCE
 
 HERE = Path(__file__).resolve().parent
@@ -365,6 +368,9 @@ def main(argv: list[str] | None = None) -> int:
         from .report import write_docs
 
         write_docs(results, HERE.parent / "docs")
+        results["pushback"] = pushback.run(rounds)
+        print(pushback.table(results["pushback"]))
+        pushback.write_section(HERE.parent / "docs", pushback.section(results["pushback"], rounds))
         print(f"wrote {HERE.parent / 'docs' / 'benchmarks.rst'} and its plots")
     path = Path(args.json)
     path.parent.mkdir(parents=True, exist_ok=True)

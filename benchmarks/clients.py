@@ -216,6 +216,31 @@ def callers(port: int, count: int, conns: int) -> Callable[[], None]:
     return run
 
 
+def pushback(port: int, count: int, conns: int) -> Callable[[], None]:
+    """``count`` messages with their own Message-IDs through a default pool of ``conns``
+    connections, to a server that pushes back; reports how each ended."""
+    import smtppool
+
+    pool = smtppool.SMTPPool(host="127.0.0.1", port=port, max_connections=conns,
+                             name="bench.example.com")  # fmt: skip
+    envelope = smtppool.Envelope(FROM, TO)
+
+    def raw(i: int) -> bytes:
+        return (f"From: {FROM}\r\nTo: {TO}\r\nMessage-ID: <pushback-{i}@bench>\r\n"
+                f"Subject: pushback {i}\r\n\r\nmessage {i}\r\n").encode()  # fmt: skip
+
+    def run() -> None:
+        outcomes = list(pool.send_many((raw(i), envelope) for i in range(count)))
+        delivered()
+        pool.close()
+        errors = [o for o in outcomes if isinstance(o, smtppool.SMTPError)]
+        EXTRA["sent"] = count - len(errors)
+        EXTRA["unknown"] = sum(e.delivery_unknown for e in errors)
+        EXTRA["failed"] = len(errors) - EXTRA["unknown"]
+
+    return run
+
+
 KINDS = {
     "smtppool-pool": smtppool_pool,
     "smtppool-conn": smtppool_conn,
@@ -224,6 +249,7 @@ KINDS = {
     "big-file": big_file,
     "many": many,
     "callers": callers,
+    "pushback": pushback,
 }
 
 

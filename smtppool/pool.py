@@ -46,7 +46,6 @@ from .pushback import (
     is_connection_cap,
     is_retryable,
     is_throttling,
-    retry_delay,
 )
 from .ratelimit import ConnectionLease, Limiter, RateLimiter
 
@@ -173,7 +172,6 @@ class _Job:
     state: str = QUEUED
     retries_used: int = 0
     stale_allowance: int = 1  # a reused connection found dead costs no retry
-    not_before: float = 0.0  # a retry waits until then
     running: bool = False  # its future was told it runs (on the first attempt)
 
 
@@ -621,8 +619,6 @@ class SMTPPool:
         if head is None or self._stopping or self._workers > limit.limit:
             self._end_worker_locked(held)
             return None
-        if head.not_before > now:
-            return self._wait_step_locked(held, now)
         slot: _Idle | None = None
         if self._idle:
             slot = self._idle.pop()
@@ -646,10 +642,7 @@ class SMTPPool:
 
     def _wait_step_locked(self, held: deque[_Job], now: float) -> float:
         """How long a worker that can do nothing now sleeps, at most."""
-        step = WAIT_STEP
-        if held and held[0].not_before > now:
-            step = min(step, held[0].not_before - now)
-        step = min(step, self._connection_limit.dial_wait(now) or step)
+        step = min(WAIT_STEP, self._connection_limit.dial_wait(now) or WAIT_STEP)
         for job in (held[0] if held else None, self._waiting[0] if self._waiting else None):
             if job is None:
                 continue
@@ -756,9 +749,7 @@ class SMTPPool:
             if is_throttling(outcome):
                 self._pause_for(outcome)
             if is_retryable(outcome) and job.payload.replayable:
-                delay = self._retry_delay(job, reused)
-                if delay is not None and self._hold_for_retry(job):
-                    job.not_before = time.monotonic() + delay
+                if self._may_retry(job, reused) and self._hold_for_retry(job):
                     self._log.info("retrying a message after %s: %s", outcome.code, outcome.message)
                     retry.append(job)
                     return
@@ -768,15 +759,17 @@ class SMTPPool:
                 outcome = closed
         self._finish(job, outcome)
 
-    def _retry_delay(self, job: _Job, reused: bool) -> float | None:
-        """Seconds to wait before retrying ``job``, or None when its retries are spent."""
+    def _may_retry(self, job: _Job, reused: bool) -> bool:
+        """Spend one of ``job``'s retries, if it has one left.  The retry goes at once to
+        another connection; a new one is dialled under the dial backoff, which is what
+        spaces out attempts on a server that keeps failing."""
         if reused and job.stale_allowance:
             job.stale_allowance -= 1
-            return 0.0
+            return True
         if job.retries_used < self.options.retries:
             job.retries_used += 1
-            return retry_delay(job.retries_used)
-        return None
+            return True
+        return False
 
     def _hold_for_retry(self, job: _Job) -> bool:
         """Take a failed attempt's job back for another attempt, unless the pool stops."""

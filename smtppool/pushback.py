@@ -11,7 +11,8 @@ Servers limit clients in three ways, and each has its own answer here:
 * **Throttling** of messages on a working session (421 or 454, or a 4xx to MAIL):
   :class:`Throttle` gives the pause before new messages, doubling while it continues.
 * **Failures of a message's attempt**: :func:`is_retryable` says whether the failure
-  proves the server did not take it, and :func:`retry_delay` how long to wait.
+  proves the server did not take it.  The retry goes to another connection at once;
+  when that means dialling, the dial backoff above spaces the attempts.
 
 The pool holds these objects under its own lock and passes ``now`` in, so every
 decision is tested with plain numbers.
@@ -31,17 +32,13 @@ __all__ = [
     "is_connection_cap",
     "is_retryable",
     "is_throttling",
-    "retry_delay",
 ]
 
-#: Pause before the first retry of a message; doubles per retry up to MAX_RETRY_DELAY.
-RETRY_DELAY = 0.2
-MAX_RETRY_DELAY = 2.0
 #: Pause after a throttling reply; doubles while they continue, up to MAX_THROTTLE_PAUSE.
 THROTTLE_PAUSE = 1.0
 MAX_THROTTLE_PAUSE = 30.0
 #: Wait before the next dial after a failed one; doubles per consecutive failure.
-DIAL_BACKOFF = 0.25
+DIAL_BACKOFF = 0.05
 MAX_DIAL_BACKOFF = 10.0
 #: Seconds without a refusal before the working connection limit grows by one.
 LIMIT_RECOVERY = 10.0
@@ -90,11 +87,6 @@ def is_retryable(error: SMTPError) -> bool:
         and error.temporary
         and not error.delivery_unknown
     )
-
-
-def retry_delay(attempt: int) -> float:
-    """Seconds before retry number ``attempt`` (1, 2, ...) of a message."""
-    return float(min(RETRY_DELAY * 2 ** (attempt - 1), MAX_RETRY_DELAY))
 
 
 @dataclass

@@ -19,7 +19,6 @@ from smtppool.pushback import (
     is_connection_cap,
     is_retryable,
     is_throttling,
-    retry_delay,
 )
 
 
@@ -80,10 +79,6 @@ def test_what_throttles() -> None:
     assert is_throttling(refusal("451 4.7.1 rate limited", EnvelopeError, "MAIL FROM:<a@x>"))
     assert not is_throttling(refusal("450 4.1.1 mailbox busy", EnvelopeError, "RCPT TO:<b@x>"))
     assert not is_throttling(refusal("550 5.7.1 no", EnvelopeError, "MAIL FROM:<a@x>"))
-
-
-def test_retry_delay_doubles_to_a_ceiling() -> None:
-    assert [retry_delay(n) for n in (1, 2, 3, 4, 5, 10)] == [0.2, 0.4, 0.8, 1.6, 2.0, 2.0]
 
 
 def test_throttle_pause_doubles_and_resets_once_messages_flow() -> None:
