@@ -213,9 +213,7 @@ def test_use_tls_fails_against_a_server_without_starttls(smtpd: SinkFactory) -> 
 
 def test_timeout_and_pool_options_reach_the_pool(smtpd: SinkFactory) -> None:
     sink = smtpd()
-    with mail_settings(
-        port=sink.port, timeout=7, max_connections=2, rate_limit=50, pool_timeout=5
-    ):
+    with mail_settings(port=sink.port, timeout=7, max_connections=2, rate_limit=50, pool_timeout=5):
         options = backend().options
     assert (options.socket_timeout, options.greeting_timeout) == (7, 7)
     assert (options.max_connections, options.rate_limit, options.pool_timeout) == (2, 50, 5)
