@@ -1024,7 +1024,7 @@ class SMTPConnection:
         try:
             with self._guard("quitting"):
                 self._read_reply(deadline, "quitting", closing_ok=True)
-        except (ConnectError, TLSError, SMTPTimeoutError) as exc:
+        except SMTPError as exc:  # whatever the goodbye was (even malformed), we are done
             self._log.debug("ignoring %s while quitting %s", exc.code, self.options.host)
         finally:
             self.close()
