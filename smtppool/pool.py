@@ -55,8 +55,9 @@ __all__ = ["CLOSE_TIMEOUT", "SMTPPool"]
 CLOSE_TIMEOUT = 60.0
 #: Longest single wait on the pool's condition; every wait loop re-checks.
 WAIT_STEP = 1.0
-#: How often idle connections are checked for ``idle_timeout``, at most.
-REAP_INTERVAL = 1.0
+#: How often, at most, idle connections are checked for ``idle_timeout`` and waiting
+#: messages for ``pool_timeout``.
+HOUSEKEEPING_INTERVAL = 1.0
 #: send_many's default window, per connection: each connection has about two messages
 #: on the wire when pipelining, and half a window must still be queued behind them
 #: while the caller sleeps (see send_many).
@@ -240,6 +241,7 @@ class SMTPPool:
         self._connection_limit = ConnectionLimit(opts.max_connections)
         self._throttle = Throttle()
         self._last_dial_error: SMTPError | None = None
+        self._cap_warned = False
         self._closed = False  # no new messages
         self._stopping = False  # close(wait=False), or close() timed out: nothing new starts
         self._retire_returns = False  # close() emptied the idle list: retire what comes back
@@ -254,8 +256,8 @@ class SMTPPool:
             ),
             0,
         )
-        self._stop_reaper = threading.Event()
-        self._reaper: threading.Thread | None = None
+        self._stop_housekeeper = threading.Event()
+        self._housekeeper: threading.Thread | None = None
 
     def __repr__(self) -> str:
         with self._lock:
@@ -322,7 +324,10 @@ class SMTPPool:
             withdrawn = PoolTimeoutError(
                 f"not sent: still waiting for its turn after {timeout:g} s; withdrawn"
             )
-            if not self._withdraw(future, withdrawn) and not future.done():
+            state = self._withdraw(future, withdrawn)
+            # Withdrawn now, or done a moment ago and being settled: the outcome is due.
+            due = state != SENDING and wait_for_futures([future], WAIT_STEP)[0]
+            if not due:
                 raise SMTPTimeoutError(
                     f"no outcome after {timeout:g} s: the message is being sent",
                     delivery_unknown=True,
@@ -392,13 +397,15 @@ class SMTPPool:
         return True
 
     def close(self, wait: bool = True, timeout: float | None = CLOSE_TIMEOUT) -> None:
-        """Stop taking messages and release every connection; returns within ``timeout``.
+        """Stop taking messages and release every connection, within a bound.
 
         ``wait=True`` delivers what is queued, then QUITs, for at most ``timeout``
         seconds (default 60; None waits as long as delivery takes).  Past it, messages
         still queued fail with :class:`PoolClosedError` (never sent), and connections
         still sending are cut: a message cut before its end of data fails with
-        :class:`PoolClosedError`, one cut after it with ``delivery_unknown``.
+        :class:`PoolClosedError`, one cut after it with ``delivery_unknown``.  Every
+        future is then complete; returning can take a moment more (a straggler ends at
+        its ``socket_timeout`` at most, the QUITs at 10 s).
         ``wait=False`` fails queued messages at once, lets those on the wire finish in
         the background and closes idle connections.
 
@@ -425,9 +432,10 @@ class SMTPPool:
             finished = self._workers == 0
         self._executor.shutdown(wait=finished)
         self._limiter.close()
-        self._stop_reaper.set()
-        if self._reaper is not None and self._reaper is not threading.current_thread():
-            self._reaper.join(REAP_INTERVAL + WAIT_STEP)
+        self._stop_housekeeper.set()
+        housekeeper = self._housekeeper
+        if housekeeper is not None and housekeeper is not threading.current_thread():
+            housekeeper.join(HOUSEKEEPING_INTERVAL + WAIT_STEP)
         self._drain_idle(polite=wait and not cut)
 
     def __enter__(self) -> SMTPPool:
@@ -493,17 +501,22 @@ class SMTPPool:
         self._counts["failed"] += len(withdrawn)
         return withdrawn
 
-    def _withdraw(self, future: object, error: SMTPError) -> bool:
-        """Fail the job of ``future`` with ``error`` if it is not on the wire yet."""
+    def _withdraw(self, future: object, error: SMTPError) -> str:
+        """Fail the job of ``future`` with ``error`` if it is not on the wire yet; return
+        its state before: QUEUED or TAKEN (now withdrawn), SENDING, or DONE (also for a
+        job no longer tracked, whose outcome is being settled)."""
         with self._lock:
             job = next((j for j in (*self._waiting, *self._started) if j.future is future), None)
-            if job is None or not self._withdraw_locked([job]):
-                return False
-            if job in self._waiting:
+            if job is None:
+                return DONE
+            state = job.state
+            if not self._withdraw_locked([job]):
+                return state
+            if state == QUEUED:
                 self._waiting.remove(job)
             self._changed.notify_all()
         _settle(job.future, error)
-        return True
+        return state
 
     def _claim(self, job: _Job) -> bool:
         """Put a taken job on the wire: False when it was withdrawn or cancelled meanwhile
@@ -562,45 +575,45 @@ class SMTPPool:
         """A worker: send waiting messages while it has a connection for them, then end."""
         _worker.active = True
         held: deque[_Job] = deque()  # taken by this worker: retries, and dials that failed
+        try:
+            self._work(held)
+        except BaseException:  # a bug: its messages go back to the queue for another worker
+            self._log.exception("a pool worker failed")
+            with self._lock:
+                self._end_worker_locked(held)
+                self._spawn_locked()
+
+    def _work(self, held: deque[_Job]) -> None:
         while (assignment := self._assign(held)) is not None:
             job, slot = assignment
+            held.appendleft(job)  # until it is on the wire: given back if this worker fails
             if slot is None:
                 try:
                     connection = self._dial()
                 except BaseException as exc:
-                    if self._dial_failed(exc):  # another connection, or the next dial, takes it
-                        held.appendleft(job)
-                    else:
-                        self._finish(job, exc)
+                    if not self._dial_failed(exc):  # else another connection takes it
+                        self._finish(held.popleft(), exc)
                     continue
                 reused = False
             else:
                 connection, reused = slot.connection, True
                 if not self._usable(connection):
                     self._retire(connection)
-                    held.appendleft(job)
                     continue
+            held.popleft()
             held.extend(self._send(job, connection, reused))
 
     def _assign(self, held: deque[_Job]) -> tuple[_Job, _Idle | None] | None:
         """Wait, in bounded steps, until the next message (the first ``held``, else the
         oldest queued) can go: on an idle connection, or on one this worker dials (the
         slot is then None).  None when this worker should end; its held messages are
-        then back at the head of the queue.  Messages whose wait for a connection passed
-        ``pool_timeout`` fail on the way."""
-        while True:
-            with self._changed:
-                now = time.monotonic()
-                expired = self._expire_locked(held, now)
-                if not expired:
-                    assignment = self._assign_locked(held, now)
-                    if not isinstance(assignment, float):
-                        return assignment
-                    self._changed.wait(assignment)
-                    continue
-            error = self._no_connection_error(expired)
-            for job in expired:
-                _settle(job.future, error)
+        then back at the head of the queue."""
+        with self._changed:
+            while True:
+                assignment = self._assign_locked(held, time.monotonic())
+                if not isinstance(assignment, float):
+                    return assignment
+                self._changed.wait(assignment)
 
     def _assign_locked(
         self, held: deque[_Job], now: float
@@ -625,11 +638,19 @@ class SMTPPool:
             self._in_use.add(slot.connection)
         elif limit.may_dial(now, self._open, self._dialing):
             self._dialing += 1
+            limit.dialling(now, self._open)
+            self._start_housekeeper_locked()  # it ends the wait of pool_timeout
+        elif self._open + self._dialing < limit.limit:
+            # Only the dial backoff holds this worker: it dials when that passes, and
+            # meanwhile the connections that work may carry what it held.
+            self._give_back_locked(held)
+            held.clear()
+            return self._wait_step_locked(now)
         elif self._workers > 1:  # the workers with connections carry the queue
             self._end_worker_locked(held)
             return None
         else:
-            return self._wait_step_locked(held, now)
+            return self._wait_step_locked(now)
         job = held.popleft() if held else self._take_locked()
         assert job is not None
         return job, slot
@@ -640,35 +661,30 @@ class SMTPPool:
         self._workers -= 1
         self._changed.notify_all()
 
-    def _wait_step_locked(self, held: deque[_Job], now: float) -> float:
+    def _wait_step_locked(self, now: float) -> float:
         """How long a worker that can do nothing now sleeps, at most."""
-        step = min(WAIT_STEP, self._connection_limit.dial_wait(now) or WAIT_STEP)
-        for job in (held[0] if held else None, self._waiting[0] if self._waiting else None):
-            if job is None:
-                continue
-            ends = self._connection_limit.wait_ends(job.queued_at, self.options.pool_timeout)
-            if ends is not None:
-                step = min(step, ends - now)
-        return max(step, 0.001)
+        return min(WAIT_STEP, self._connection_limit.dial_wait(now) or WAIT_STEP)
 
-    def _expire_locked(self, held: deque[_Job], now: float) -> list[_Job]:
-        """Jobs whose wait for a connection is over (no connection is open, none could be
-        opened, and ``pool_timeout`` has passed): withdrawn, for the caller to fail."""
+    def _expire(self) -> None:
+        """Fail the messages whose wait for a connection is over (none is open, none
+        could be opened, and ``pool_timeout`` has passed), queued or held by a worker."""
+        now = time.monotonic()
         limit, pool_timeout = self._connection_limit, self.options.pool_timeout
 
         def over(job: _Job) -> bool:
             ends = limit.wait_ends(job.queued_at, pool_timeout)
-            return ends is not None and now >= ends
+            return job.state in (QUEUED, TAKEN) and ends is not None and now >= ends
 
-        expired = [job for job in held if over(job)]
-        while self._waiting and over(self._waiting[0]):  # the oldest are at the head
-            expired.append(self._waiting.popleft())
-        if not expired:
-            return expired
-        for job in expired:
-            if job in held:
-                held.remove(job)
-        return self._withdraw_locked(expired)
+        with self._lock:
+            expired = [job for job in (*self._waiting, *self._started) if over(job)]
+            if not expired:
+                return
+            self._waiting = deque(job for job in self._waiting if not over(job))
+            withdrawn = self._withdraw_locked(expired)
+            error = self._no_connection_error(withdrawn)
+            self._changed.notify_all()
+        for job in withdrawn:
+            _settle(job.future, error)
 
     def _no_connection_error(self, jobs: list[_Job]) -> ConnectError:
         opts = self.options
@@ -786,16 +802,19 @@ class SMTPPool:
         self._log.warning(
             "server throttles (%s); pausing new messages for %.1f s", error.response, pause
         )
-        self._limiter.pause(pause)
+        try:
+            self._limiter.pause(pause)
+        except Exception:  # a shared limiter's store may be unreachable: the message goes on
+            self._log.exception("pausing the rate limiter failed")
 
     # -- connections -------------------------------------------------------------------
 
     def _dial(self) -> SMTPConnection:
         """Open and log in a new connection (the caller counted it in ``_dialing``)."""
         connection = SMTPConnection(options=self.options)
-        with self._lock:
-            self._dials.add(connection)  # so that close() can cut it
         try:
+            with self._lock:
+                self._dials.add(connection)  # so that close() can cut it
             lease = self._limiter.lease_connection(self.options.connection_timeout)
             try:
                 connection.connect()
@@ -819,9 +838,10 @@ class SMTPPool:
             self._open += 1
             self._leases[connection] = lease  # released by _retire
             self._counts["connections_opened"] += 1
-            recovered = self._connection_limit.outage_since is not None
+            recovered = self._connection_limit.failures > 0
             self._connection_limit.dialled(self._open)
             self._spawn_locked()  # the queue may use one more connection
+            self._changed.notify_all()  # workers waiting on this probe may dial now
         if recovered:
             self._log.warning("%s:%s: connected again", self.options.host, self.options.port)
         return connection
@@ -839,16 +859,19 @@ class SMTPPool:
         opts = self.options
         with self._lock:
             limit = self._connection_limit
-            was_capped, was_out = limit.capped, limit.outage_since is not None
+            failures = limit.failures
             cap = is_connection_cap(exc, others_open=self._open)
-            lowered = limit.dial_failed(time.monotonic(), self._open, cap=cap)
+            lowered = limit.dial_failed(
+                time.monotonic(), self._open, cap=cap, dialing=self._dialing
+            )
             self._last_dial_error = exc
             self._counts["connections_failed"] += 1
-            working, outage = limit.limit, limit.outage_since is not None and not was_out
+            working, outage = limit.limit, self._open == 0 and failures == 0
+            warn, self._cap_warned = lowered and not self._cap_warned, self._cap_warned or lowered
             stopping = self._stopping
-        if lowered:
+        if lowered:  # at WARNING once in the pool's life, then at INFO
             self._log.log(
-                logging.INFO if was_capped else logging.WARNING,
+                logging.WARNING if warn else logging.INFO,
                 "%s:%s refuses more connections (%s); working limit %d of %d, "
                 "queued messages wait for the open ones",
                 opts.host, opts.port, exc.response or exc.message, working, opts.max_connections,
@@ -870,24 +893,29 @@ class SMTPPool:
 
     def _checkin(self, connection: SMTPConnection) -> None:
         """Give a connection back after use; retire it when it cannot be reused."""
-        keep = not (self._stopping or self._retire_returns) and connection.is_within_limits()
-        if keep:
-            with self._lock:
+        within_limits = connection.is_within_limits()
+        with self._lock:  # decided under the lock: close() may be emptying the idle list
+            keep = within_limits and not (self._stopping or self._retire_returns)
+            if keep:
                 self._in_use.discard(connection)
                 self._idle.append(_Idle(connection, time.monotonic()))
                 self._changed.notify_all()
-            self._start_reaper()
-        else:
+                self._start_housekeeper_locked()
+        if not keep:
             self._retire(connection)
 
     def _retire(self, *connections: SMTPConnection, polite: bool = True) -> None:
         """Close connections for good (QUIT first when ``polite``, all in one round trip)
         and free their leases."""
-        if polite:  # a connection close() cut is closed already: nothing is said
-            quit_all(connections)
-        else:
-            for connection in connections:
-                connection.close()
+        try:
+            if polite:  # a connection close() cut is closed already: nothing is said
+                quit_all(connections)
+        finally:
+            self._forget(connections)
+
+    def _forget(self, connections: tuple[SMTPConnection, ...]) -> None:
+        for connection in connections:
+            connection.close()
         with self._lock:
             leases = [self._leases.pop(connection, None) for connection in connections]
             for connection in connections:
@@ -899,20 +927,24 @@ class SMTPPool:
             if lease is not None:
                 lease.release()
 
-    # -- idle connections --------------------------------------------------------------
+    # -- the housekeeper: idle_timeout and pool_timeout -------------------------------
 
-    def _start_reaper(self) -> None:
-        with self._lock:
-            if self._reaper is not None or self._closed:
-                return
-            interval = min(REAP_INTERVAL, self.options.idle_timeout / 4)
-            self._reaper = threading.Thread(
-                target=_reap_idle,
-                args=(weakref.ref(self), self._stop_reaper, interval),
-                name="smtppool-reaper",
-                daemon=True,
-            )
-            self._reaper.start()
+    def _start_housekeeper_locked(self) -> None:
+        """Start the thread that closes idle connections and ends waits past pool_timeout
+        (once, at the first dial or idle connection)."""
+        if self._housekeeper is not None or self._closed:
+            return
+        opts = self.options
+        interval = min(HOUSEKEEPING_INTERVAL, opts.idle_timeout / 4)
+        if opts.pool_timeout is not None:
+            interval = min(interval, opts.pool_timeout / 4)
+        self._housekeeper = threading.Thread(
+            target=_keep_house,
+            args=(weakref.ref(self), self._stop_housekeeper, interval),
+            name="smtppool-housekeeper",
+            daemon=True,
+        )
+        self._housekeeper.start()
 
     def _take_idle(self, *, older_than: float | None = None) -> list[SMTPConnection]:
         """Take idle connections (those idle since before ``older_than``, or all) out of
@@ -956,16 +988,17 @@ def _settle(future: _Settleable, outcome: SendResult | BaseException) -> None:
         pass
 
 
-def _reap_idle(pool_ref: weakref.ref[SMTPPool], stop: threading.Event, interval: float) -> None:
-    """Reaper thread: holds the pool only weakly, so an unclosed pool can still be freed."""
+def _keep_house(pool_ref: weakref.ref[SMTPPool], stop: threading.Event, interval: float) -> None:
+    """Housekeeper thread: holds the pool only weakly, so an unclosed pool can be freed."""
     while not stop.wait(interval):
         pool = pool_ref()
         if pool is None:
             return
         try:
             pool._reap()
+            pool._expire()
         except Exception:
-            pool._log.exception("closing idle connections failed")
+            pool._log.exception("pool housekeeping failed")
         del pool
 
 

@@ -129,7 +129,7 @@ class ConnectionLimit:
     #: Consecutive failed dials, and the earliest time of the next.
     failures: int = 0
     dial_at: float = 0.0
-    #: When the pool found itself with no connection and a dial failing, or None.
+    #: Since when the pool has been trying to connect with no connection open, or None.
     outage_since: float | None = None
     #: When the limit last changed (a refusal lowered it, or it grew).
     changed_at: float = -math.inf
@@ -155,15 +155,22 @@ class ConnectionLimit:
         """Seconds until the backoff allows the next dial (0 when it does now)."""
         return max(self.dial_at - now, 0.0) if self.failures else 0.0
 
+    def dialling(self, now: float, open_: int) -> None:
+        """A dial starts while ``open_`` connections are open: with none, the wait
+        ``pool_timeout`` bounds starts now (a dial that hangs counts too)."""
+        if open_ == 0 and self.outage_since is None:
+            self.outage_since = now
+
     def dialled(self, open_: int) -> None:
         """A dial succeeded; ``open_`` connections are open, the new one included."""
         self.failures = 0
         self.outage_since = None
         self.limit = max(self.limit, min(open_, self.ceiling))
 
-    def dial_failed(self, now: float, open_: int, *, cap: bool) -> bool:
-        """A dial failed with a temporary error while ``open_`` others stay open; ``cap``
-        when the failure means "too many connections".  True when the limit fell."""
+    def dial_failed(self, now: float, open_: int, *, cap: bool, dialing: int = 0) -> bool:
+        """A dial failed with a temporary error while ``open_`` connections stay open and
+        ``dialing`` other dials are under way; ``cap`` when the failure means "too many
+        connections".  True when the limit fell (to those, which may yet succeed)."""
         self.failures += 1
         self.dial_at = now + min(self.backoff * 2 ** (self.failures - 1), self.max_backoff)
         if open_ == 0 and self.outage_since is None:
@@ -171,7 +178,7 @@ class ConnectionLimit:
         if not cap:
             return False
         self.changed_at = now  # the quiet period starts again
-        lowered = max(open_, 1)
+        lowered = max(open_ + dialing, 1)
         if lowered >= self.limit:
             return False
         self.limit = lowered

@@ -46,6 +46,9 @@ class Faults:
     #: Share of connections answered with ``refuse_reply`` instead of the greeting.
     refuse: float = 0.0
     refuse_reply: bytes = b"421 4.7.0 Try again later, closing connection"
+    #: Connections (numbered from 1 in the order accepted) refused with ``refuse_reply``
+    #: whatever ``refuse`` draws: a refusal at a known moment.
+    refuse_connections: frozenset[int] = frozenset()
     #: Share of transactions cut at a stage drawn from ``drop_stages``.
     drop: float = 0.0
     drop_stages: tuple[str, ...] = STAGES
@@ -119,9 +122,6 @@ class FaultServer:
         self.connections = self.sessions = self.refused = self.cut = 0
         #: Most sessions (greeted connections) open at once.
         self.peak_sessions = 0
-        #: Most connections of any kind open at once since the latest refusal (counting
-        #: from the sessions open then), or None before the first.
-        self.peak_since_refusal: int | None = None
         self._open_connections = self._open_sessions = 0
         self._acceptor = threading.Thread(target=self._accept, name="fault-server", daemon=True)
 
@@ -169,11 +169,11 @@ class FaultServer:
                 self._sockets.add(sock)
                 self._open_connections += 1
                 self.connections += 1
-                if self.peak_since_refusal is not None:
-                    self.peak_since_refusal = max(self.peak_since_refusal, self._open_connections)
             rng = random.Random(f"{self.faults.seed}/{number}")
             thread = threading.Thread(
-                target=self._serve, args=(_Session(number, sock, rng),), daemon=True
+                target=self._serve,
+                args=(_Session(number, sock, rng),),
+                daemon=True,
             )
             self._threads.append(thread)
             thread.start()
@@ -209,9 +209,9 @@ class FaultServer:
         refusal: bytes | None = None
         with self._lock:
             over_cap = faults.cap is not None and self._open_sessions >= faults.cap
-            if over_cap or session.rng.random() < faults.refuse:
+            refused = session.number in faults.refuse_connections
+            if over_cap or refused or session.rng.random() < faults.refuse:
                 self.refused += 1
-                self.peak_since_refusal = self._open_sessions
                 refusal = faults.cap_reply if over_cap else faults.refuse_reply
             else:
                 self._open_sessions += 1

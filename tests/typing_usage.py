@@ -43,7 +43,15 @@ def usage() -> None:
     for item in pool.send_many([message, (b"raw", smtppool.Envelope("a@x.org", "b@x.org"))]):
         print(item)
     stats: dict[str, int] = pool.stats()
-    print(result, stats, pool.is_idle(), pool.verify())
+    print(result, stats, pool.is_idle(), pool.verify(), stats["connection_limit"])
+    try:
+        result = pool.send(message, timeout=5.0)
+        result = pool.result(pool.submit(b"raw", {"from": "a@x.org", "to": "b@x.org"}), 5.0)
+    except smtppool.PoolTimeoutError as withdrawn:  # never sent
+        assert isinstance(withdrawn, smtppool.SMTPTimeoutError) and not withdrawn.delivery_unknown
+    bounded = smtppool.SMTPPool(host="localhost", pool_timeout=10.0, retries=1)
+    bounded.close(wait=True, timeout=5.0)
+    smtppool.SMTPPool(host="localhost", pool_timeout=None).close(timeout=None)
     oauth = smtppool.OAuth2(user="a@example.com", access_token="token")
     smtppool.SMTPConnection(host="smtp.gmail.com", secure=True, auth=oauth, auth_method="XOAUTH2")
     try:

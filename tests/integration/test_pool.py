@@ -53,7 +53,8 @@ def make_pool() -> Iterator[Callable[..., SMTPPool]]:
     wait_until(  # in-flight work finishes in the background
         lambda: (
             not any(
-                t.name.startswith(("smtppool_", "smtppool-reaper")) for t in threading.enumerate()
+                t.name.startswith(("smtppool_", "smtppool-housekeeper"))
+                for t in threading.enumerate()
             )
         ),
         10,
