@@ -153,6 +153,7 @@ def _options(args: argparse.Namespace, **extra: Any) -> Options:
             connection_timeout=args.timeout,
             greeting_timeout=args.timeout,
             socket_timeout=args.timeout,
+            pool_timeout=args.timeout,
         )
     settings.update({k: v for k, v in extra.items() if v is not None})
     return Options.from_settings(url=url, **settings)

@@ -314,6 +314,8 @@ _FALSE = {"0", "false", "no", "off"}
 
 
 def _coerce(name: str, value: str, kind: str) -> Any:
+    if "None" in kind and value.lower() in ("", "none"):
+        return None
     try:
         if "bool" in kind:
             if value.lower() in _TRUE | _FALSE:

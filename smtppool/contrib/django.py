@@ -126,6 +126,7 @@ class EmailBackend(django_smtp.EmailBackend):  # type: ignore[misc]
                 "connection_timeout": timeout,
                 "greeting_timeout": timeout,
                 "socket_timeout": timeout,
+                "pool_timeout": timeout,  # nor wait longer for a connection
             }
         )
         tls = (

@@ -218,6 +218,8 @@ def test_timeout_and_pool_options_reach_the_pool(smtpd: SinkFactory) -> None:
     assert (options.socket_timeout, options.greeting_timeout) == (7, 7)
     assert (options.max_connections, options.rate_limit, options.pool_timeout) == (2, 50, 5)
     assert options.opportunistic_tls and not options.require_tls
+    with mail_settings(port=sink.port, timeout=7):
+        assert backend().options.pool_timeout == 7  # a dead server fails within the timeout
 
 
 def test_unknown_pool_option_is_an_error() -> None:

@@ -129,6 +129,16 @@ def test_tls_context_verifies_by_default_and_applies_overrides() -> None:
                 "tls": {"verify": False, "server_hostname": "mx.example", "cafile": "/ca.pem"},
             },
         ),
+        (
+            "smtp://h/?pool_timeout=none&rate_limit=None&connection_ttl=60",
+            {
+                "host": "h",
+                "secure": False,
+                "pool_timeout": None,
+                "rate_limit": None,
+                "connection_ttl": 60.0,
+            },
+        ),
         ("lmtp://127.0.0.1:24", {"host": "127.0.0.1", "port": 24, "lmtp": True, "secure": False}),
         ("smtp://h/?service=gmail", {"host": "h", "secure": False, "service": "gmail"}),
     ],
