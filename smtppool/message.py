@@ -62,10 +62,14 @@ class DataEncoder:
     def feed(self, chunk: bytes | bytearray | memoryview) -> bytes:
         """Encode the next piece of content."""
         data = chunk if type(chunk) is bytes else bytes(chunk)
-        if self._skip_lf and data[:1] == b"\n":
-            data = data[1:]
         if not data:
             return b""
+        if self._skip_lf:  # this chunk's first byte decides; only that one LF is dropped
+            self._skip_lf = False
+            if data[:1] == b"\n":
+                data = data[1:]
+                if not data:
+                    return b""
         last = data[-1:]
         self._skip_lf = last == b"\r"
         lines = data.splitlines()

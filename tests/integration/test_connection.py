@@ -8,6 +8,8 @@ from collections.abc import Callable
 from email.message import EmailMessage
 
 import pytest
+from hypothesis import HealthCheck, example, given, settings
+from hypothesis import strategies as st
 
 from smtppool import (
     DSN,
@@ -202,6 +204,36 @@ def test_pipelining_and_chunking(smtpd: SinkFactory, extensions: list[str]) -> N
     assert big.data == body and small.data == b"small\r\n"
     expected = "BDAT" if "CHUNKING" in extensions else "DATA"
     assert big.transfer == small.transfer == expected
+
+
+@pytest.mark.parametrize("extensions", [[], ["CHUNKING"]], ids=["DATA", "BDAT"])
+@settings(
+    max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
+@given(
+    chunks=st.lists(
+        st.lists(st.sampled_from([b"\r", b"\n", b".", b"x", b": ", b"\xc3\xa9"]), max_size=4).map(
+            b"".join
+        ),
+        max_size=10,
+    )
+)
+@example(chunks=[b"x: y\r", b"\n", b"\nbody\r\n"])  # the blank line was lost
+def test_a_message_in_any_chunking_arrives_as_the_whole_message(
+    smtpd: SinkFactory, extensions: list[str], chunks: list[bytes]
+) -> None:
+    """Random split points, empty chunks, lone CR and LF chunks: the server stores the
+    same bytes as for the message given in one piece (a lone LF chunk after a CR used
+    to eat the next line feed)."""
+    sink = smtpd(extensions=extensions)
+    before = len(sink.messages)
+    content = b"Subject: t\r\n\r\n" + b"".join(chunks)
+    with connect(sink) as conn:
+        conn.send(Envelope("a@x.org", "b@x.org"), content)
+        conn.send(Envelope("a@x.org", "b@x.org"), iter([b"Subject: t\r\n\r\n", *chunks]))
+    whole, chunked = sink.messages[before:]
+    assert chunked.data == whole.data
+    assert chunked.transfer == ("BDAT" if extensions else "DATA")
 
 
 @pytest.mark.parametrize(

@@ -7,7 +7,7 @@ import re
 from email.message import EmailMessage, Message
 
 import pytest
-from hypothesis import given
+from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from smtppool.message import DataEncoder, flatten_message, prepare_message
@@ -24,6 +24,7 @@ DATA_CASES = [
     (b"x\r\n.\r\nsmuggled", b"x\r\n..\r\nsmuggled\r\n.\r\n"),
     (b"a\r\r\nb", b"a\r\n\r\nb\r\n.\r\n"),
     (b"..double", b"...double\r\n.\r\n"),
+    (b"Subject: t\r\n\nbody\r\n", b"Subject: t\r\n\r\nbody\r\n.\r\n"),
 ]
 
 
@@ -43,6 +44,16 @@ def test_data_encoding_byte_by_byte(raw: bytes, wire: bytes) -> None:
 def test_crlf_split_across_chunks_is_one_line_break() -> None:
     encoder = DataEncoder()
     assert encoder.feed(b"a\r") + encoder.feed(b"\n.b") + encoder.finish() == b"a\r\n..b\r\n.\r\n"
+
+
+@pytest.mark.parametrize("dot_stuff", [True, False], ids=["DATA", "BDAT"])
+def test_a_lone_lf_chunk_after_a_cr_keeps_the_next_line_feed(dot_stuff: bool) -> None:
+    """The LF completing a CR that ended the previous chunk was dropped, but the state
+    that says "drop it" stayed set when that LF was the whole chunk: the next chunk's
+    leading LF went too, and with it the blank line between header and body."""
+    encoder = DataEncoder(dot_stuff=dot_stuff)
+    wire = b"".join(encoder.feed(c) for c in [b"Subject: t\r", b"\n", b"\nbody\r\n"])
+    assert wire == b"Subject: t\r\n\r\nbody\r\n"
 
 
 def test_bdat_flavour_normalises_without_stuffing() -> None:
@@ -69,6 +80,24 @@ def test_any_chunking_gives_the_one_shot_encoding(raw: bytes, cuts: list[int]) -
     chunked = DataEncoder()
     out = b"".join(chunked.feed(raw[a:b]) for a, b in zip(bounds, bounds[1:], strict=False))
     assert out + chunked.finish() == expected
+
+
+#: Chunk lists as callers give them: empty chunks, lone CR and LF, line breaks and dots
+#: at the edges.
+chunk_lists = st.lists(
+    st.lists(st.sampled_from([b"\r", b"\n", b".", b"a", b"\xff"]), max_size=3).map(b"".join),
+    max_size=12,
+)
+
+
+@pytest.mark.parametrize("dot_stuff", [True, False], ids=["DATA", "BDAT"])
+@settings(max_examples=500)
+@given(chunks=chunk_lists)
+def test_any_chunk_list_encodes_as_the_whole_message(dot_stuff: bool, chunks: list[bytes]) -> None:
+    whole = DataEncoder(dot_stuff=dot_stuff)
+    expected = whole.feed(b"".join(chunks)) + whole.finish()
+    chunked = DataEncoder(dot_stuff=dot_stuff)
+    assert b"".join(map(chunked.feed, chunks)) + chunked.finish() == expected
 
 
 @given(payloads)
