@@ -27,18 +27,43 @@ __all__ = [
     "check_address",
     "envelope_from_message",
     "pair_with_envelope",
+    "xtext",
 ]
 
 _FORBIDDEN = re.compile(r"[\x00-\x1f\x7f<>]")
+#: RFC 5321's Quoted-string local part (qtextSMTP and quoted-pairSMTP; any non-ASCII
+#: character for SMTPUTF8), then a domain without spaces: the one place a space may be.
+_QUOTED_LOCAL_PART = re.compile(
+    r'"(?:[\x20\x21\x23-\x5b\x5d-\x7e]|\\[\x20-\x7e]|[^\x00-\x7f])*"@[^ "]*'
+)
 _NOTIFY_VALUES = frozenset({"NEVER", "SUCCESS", "FAILURE", "DELAY"})
+#: An ORCPT address type (RFC 3461 "addr-type"): rfc822, utf-8, x400, ...
+_ADDRESS_TYPE = re.compile(r"[A-Za-z0-9][A-Za-z0-9-]*")
+#: RFC 3461's bounds on the encoded values.
+ENVID_MAX = 100
+ORCPT_MAX = 500
 
 
 def check_address(address: object, what: str = "address") -> str:
     """Return ``address`` if it can go between ``<`` and ``>`` in a command, else raise.
 
+    A space is allowed only inside a quoted local part (``"john smith"@example.com``),
+    so an address can never add a parameter to the command it is in.
+
     :raises TypeError: not a string.
-    :raises ValueError: contains CR, LF, NUL, another control character, ``<`` or ``>``.
+    :raises ValueError: contains CR, LF, NUL, another control character, ``<``, ``>``,
+        or a space outside a quoted local part.
     """
+    _check_characters(address, what)
+    if " " in address and not _QUOTED_LOCAL_PART.fullmatch(address):
+        raise ValueError(
+            f"{what} {address!r} contains a space outside a quoted local part "
+            '(RFC 5321: write "john smith"@example.com)'
+        )
+    return address
+
+
+def _check_characters(address: object, what: str) -> str:
     if not isinstance(address, str):
         raise TypeError(f"{what} must be a str, not {type(address).__name__}")
     bad = _FORBIDDEN.search(address)
@@ -49,6 +74,39 @@ def check_address(address: object, what: str = "address") -> str:
     return address
 
 
+def xtext(value: str) -> str:
+    """Encode an ESMTP parameter value as RFC 3461 xtext (``+XX`` for unsafe bytes)."""
+    return "".join(
+        chr(b) if 33 <= b <= 126 and b not in (0x2B, 0x3D) else f"+{b:02X}"
+        for b in value.encode("utf-8")
+    )
+
+
+def utf8_address_xtext(address: str) -> str:
+    """Encode an address as RFC 6533 utf-8-addr-xtext: ``\\x{HEX}`` for every character
+    that is not printable ASCII or is ``+``, ``=`` or a backslash."""
+    return "".join(
+        c if 33 <= ord(c) <= 126 and c not in "+=\\" else f"\\x{{{ord(c):X}}}" for c in address
+    )
+
+
+def _encoded_orcpt(orcpt: str) -> str:
+    """``addr-type;encoded-address`` for ORCPT; rfc822 unless given, or utf-8 when the
+    address is not ASCII."""
+    if ";" in orcpt:
+        kind, _, address = orcpt.partition(";")
+    else:
+        kind, address = ("rfc822" if orcpt.isascii() else "utf-8"), orcpt
+    if not _ADDRESS_TYPE.fullmatch(kind):
+        raise ValueError(f"DSN orcpt address type must be a word such as rfc822, not {kind!r}")
+    _check_characters(address, "DSN orcpt")  # a space is fine: it is encoded
+    if kind.lower() == "utf-8":
+        return f"{kind};{utf8_address_xtext(address)}"
+    if not address.isascii():
+        raise ValueError(f"DSN orcpt {address!r} is not ASCII: give it as 'utf-8;{address}'")
+    return f"{kind};{xtext(address)}"
+
+
 @dataclass(frozen=True, slots=True)
 class DSN:
     """Delivery status notification request (RFC 3461), used when the server offers DSN."""
@@ -57,6 +115,9 @@ class DSN:
     envid: str | None = None
     notify: Sequence[str] | None = None  #: any of NEVER, SUCCESS, FAILURE, DELAY
     orcpt: str | None = None  #: original recipient, e.g. "rfc822;user@example.com"
+    #: The ENVID and ORCPT values as they go on the wire (xtext), computed.
+    encoded_envid: str | None = field(init=False, repr=False, compare=False)
+    encoded_orcpt: str | None = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
         if self.ret is not None:
@@ -77,10 +138,26 @@ class DSN:
             if "NEVER" in notify and len(notify) > 1:
                 raise ValueError("DSN notify 'NEVER' cannot be combined with other values")
             object.__setattr__(self, "notify", notify)
-        for name in ("envid", "orcpt"):
-            value = getattr(self, name)
-            if value is not None:
-                check_address(value, f"DSN {name}")
+        envid = None
+        if self.envid is not None:
+            if not isinstance(self.envid, str) or not re.fullmatch(r"[\x20-\x7e]+", self.envid):
+                raise ValueError(f"DSN envid must be printable ASCII, not {self.envid!r}")
+            envid = xtext(self.envid)
+            if len(envid) > ENVID_MAX:
+                raise ValueError(
+                    f"DSN envid is {len(envid)} characters encoded; at most {ENVID_MAX}"
+                )
+        object.__setattr__(self, "encoded_envid", envid)
+        orcpt = None
+        if self.orcpt is not None:
+            if not isinstance(self.orcpt, str):
+                raise TypeError(f"DSN orcpt must be a str, not {type(self.orcpt).__name__}")
+            orcpt = _encoded_orcpt(self.orcpt)
+            if len(orcpt) > ORCPT_MAX:
+                raise ValueError(
+                    f"DSN orcpt is {len(orcpt)} characters encoded; at most {ORCPT_MAX}"
+                )
+        object.__setattr__(self, "encoded_orcpt", orcpt)
 
 
 def _recipients(value: object) -> tuple[str, ...]:

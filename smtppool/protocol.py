@@ -18,7 +18,7 @@ from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from typing import NamedTuple, NoReturn
 
-from .envelope import DSN, check_address
+from .envelope import DSN, check_address, xtext
 from .errors import ProtocolError
 from .message import DataEncoder
 
@@ -184,14 +184,6 @@ class _Pending:
     command: str  # redacted command line, as reported in replies and errors
     txn: _Transaction | None = None
     final: bool = False  # answers the end of the message data
-
-
-def xtext(value: str) -> str:
-    """Encode an ESMTP parameter value as RFC 3461 xtext (``+XX`` for unsafe bytes)."""
-    return "".join(
-        chr(b) if 33 <= b <= 126 and b not in (0x2B, 0x3D) else f"+{b:02X}"
-        for b in value.encode("utf-8")
-    )
 
 
 def decode_challenge(reply: Reply) -> bytes:
@@ -461,8 +453,8 @@ class SMTPProtocol:
         if dsn is not None and "DSN" in self.extensions.keywords:
             if dsn.ret:
                 params.append(f"RET={dsn.ret}")
-            if dsn.envid:
-                params.append(f"ENVID={xtext(dsn.envid)}")
+            if dsn.encoded_envid:
+                params.append(f"ENVID={dsn.encoded_envid}")
         self._utf8 = smtputf8
         txn = _Transaction()
         data = self._issue("MAIL", " ".join([f"MAIL FROM:<{sender}>", *params]), txn=txn)
@@ -476,10 +468,8 @@ class SMTPProtocol:
         if dsn is not None and "DSN" in self.extensions.keywords:
             if dsn.notify:
                 params.append(f"NOTIFY={','.join(dsn.notify)}")
-            if dsn.orcpt:
-                orcpt = dsn.orcpt if ";" in dsn.orcpt else f"rfc822;{dsn.orcpt}"
-                kind, _, address = orcpt.partition(";")
-                params.append(f"ORCPT={kind};{xtext(address)}")
+            if dsn.encoded_orcpt:
+                params.append(f"ORCPT={dsn.encoded_orcpt}")
         return self._issue("RCPT", " ".join([f"RCPT TO:<{recipient}>", *params]), txn=self._txn)
 
     def data(self) -> bytes:
