@@ -29,7 +29,10 @@ MAX_LINE_LENGTH = 8 * 1024
 #: Most lines accepted in one multi-line reply.
 MAX_REPLY_LINES = 1000
 
-_ENHANCED = re.compile(r"^([245])\.(\d{1,3})\.(\d{1,3})(?:\s|$)")
+_ENHANCED = re.compile(r"^([245])\.(\d{1,3})\.(\d{1,3})(?:\s|$)", re.ASCII)
+#: A SIZE value: ASCII digits only (``str.isdigit`` takes "²"), and few enough of them
+#: that ``int`` cannot refuse it; more than 18 is no limit worth keeping to.
+_SIZE = re.compile(r"[0-9]{1,18}")
 _CONTROL = re.compile(r"[\x00-\x1f\x7f]")
 #: Valid reply codes (2xx-5xx) by their three bytes: validation and int() in one lookup.
 _REPLY_CODES = {str(code).encode(): code for code in range(200, 600)}
@@ -134,8 +137,9 @@ class Extensions(Mapping[str, str]):
         self.keywords = frozenset(self._items)
         self.auth_mechanisms = frozenset(m.upper() for m in auth_mechanisms)
         size = self._items.get("SIZE", "")
-        #: Largest message the server accepts, or None when it sets no limit.
-        self.size = int(size) if size.isdigit() and int(size) > 0 else None
+        #: Largest message the server accepts, or None when it sets no limit (or no
+        #: number a client could check against).
+        self.size = int(size) or None if _SIZE.fullmatch(size) else None
 
     @classmethod
     def parse(cls, lines: Iterable[str]) -> Extensions:

@@ -107,3 +107,25 @@ def test_421_at_each_step(scripted: Scripted, step: str) -> None:
     assert error.response == "421 4.3.2 service shutting down"
     assert not error.delivery_unknown  # the server answered: it did not take the message
     assert not conn.is_connected
+
+
+@pytest.mark.parametrize(
+    "size", ["\u00b2", "\u0663\u0664", "9" * 5000, "1e6", "-5", ""], ids=lambda s: ascii(s[:8])
+)
+def test_a_hostile_size_is_no_limit_not_a_crash(scripted: Scripted, size: str) -> None:
+    """``250 SIZE ²`` passed str.isdigit() and int() raised ValueError out of connect(),
+    as did a 5,000-digit SIZE (Python's limit on int conversion): whatever the server
+    says, the session goes on with no SIZE limit."""
+    server = scripted(
+        [
+            *hello(f"SIZE {size}", "PIPELINING"),
+            expect(b"MAIL"),
+            send(b"250 ok\r\n250 ok\r\n354 go\r\n"),
+            expect_data(),
+            send(b"250 queued\r\n"),
+        ]
+    )
+    with client(server) as conn:
+        assert conn.extensions.size is None
+        result = conn.send(Envelope("a@x.org", "b@x.org"), b"hi\r\n")
+    assert result.response == "250 queued"
