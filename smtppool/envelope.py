@@ -54,13 +54,13 @@ def check_address(address: object, what: str = "address") -> str:
     :raises ValueError: contains CR, LF, NUL, another control character, ``<``, ``>``,
         or a space outside a quoted local part.
     """
-    _check_characters(address, what)
-    if " " in address and not _QUOTED_LOCAL_PART.fullmatch(address):
+    text = _check_characters(address, what)
+    if " " in text and not _QUOTED_LOCAL_PART.fullmatch(text):
         raise ValueError(
-            f"{what} {address!r} contains a space outside a quoted local part "
+            f"{what} {text!r} contains a space outside a quoted local part "
             '(RFC 5321: write "john smith"@example.com)'
         )
-    return address
+    return text
 
 
 def _check_characters(address: object, what: str) -> str:
