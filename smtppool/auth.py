@@ -20,6 +20,8 @@ __all__ = [
     "PASSWORD_PREFERENCE",
     "Credentials",
     "Mechanism",
+    "check_method_fits",
+    "check_oauth2_value",
     "choose_mechanism",
     "make_mechanism",
 ]
@@ -35,9 +37,33 @@ class Credentials:
     def __post_init__(self) -> None:
         if not isinstance(self.user, str) or not isinstance(self.password, str):
             raise TypeError("auth user and password must be str")
+        for what, value in (("user", self.user), ("password", self.password)):
+            if "\0" in value:  # PLAIN's field separator: it would re-split the fields
+                raise ValueError(f"auth {what} must not contain a NUL character")
 
     def __repr__(self) -> str:
         return f"Credentials(user={self.user!r}, password='****')"
+
+
+def check_oauth2_value(what: str, value: str) -> str:
+    """Refuse a control character in an XOAUTH2 field: ``\\x01`` separates the fields.
+
+    :raises ValueError: the value holds a control character.
+    """
+    if any(ord(c) < 0x20 or c == "\x7f" for c in value):
+        raise ValueError(f"OAuth2 {what} must not contain control characters")
+    return value
+
+
+def check_method_fits(method: str, *, oauth2: bool) -> None:
+    """XOAUTH2 takes OAuth2 credentials and every other method a password.
+
+    :raises ValueError: ``method`` does not fit the credentials.
+    """
+    method = method.upper()
+    if (method == "XOAUTH2") != oauth2:
+        needs = "auth=smtppool.OAuth2(...)" if method == "XOAUTH2" else "a user and password"
+        raise ValueError(f"auth_method {method} needs {needs}")
 
 
 class Mechanism(Protocol):
@@ -105,6 +131,8 @@ class _XOAuth2:
     name = "XOAUTH2"
 
     def __init__(self, user: str, secret: str) -> None:
+        check_oauth2_value("user", user)
+        check_oauth2_value("access token", secret)  # also one a token endpoint returned
         self._payload = f"user={user}\x01auth=Bearer {secret}\x01\x01".encode()
 
     def initial_response(self) -> bytes | None:
@@ -138,9 +166,11 @@ def choose_mechanism(advertised: Collection[str], *, oauth2: bool, forced: str |
 
     A forced method is used as given (the server's reply then says if it refuses it).
 
+    :raises ValueError: the forced method does not fit the credentials.
     :raises AuthenticationError: nothing the server offers fits these credentials.
     """
     if forced is not None:
+        check_method_fits(forced, oauth2=oauth2)
         return forced.upper()
     offered = {m.upper() for m in advertised}
     wanted = ("XOAUTH2",) if oauth2 else PASSWORD_PREFERENCE

@@ -22,7 +22,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from .auth import MECHANISMS, Credentials
+from .auth import MECHANISMS, Credentials, check_method_fits
 from .oauth2 import OAuth2
 
 __all__ = [
@@ -169,8 +169,8 @@ class Options:
                 raise ValueError(
                     f"unknown auth_method {self.auth_method!r}; supported: {', '.join(MECHANISMS)}"
                 )
-            if (method == "XOAUTH2") != isinstance(self.auth, OAuth2):
-                raise ValueError("auth_method XOAUTH2 goes with auth=smtppool.OAuth2(...) only")
+            if self.auth is not None:  # else login(auth=...) checks it
+                check_method_fits(method, oauth2=isinstance(self.auth, OAuth2))
             set_("auth_method", method)
         set_("tls", _normalise_tls(self.tls))
         for hook in ("on_idle", "get_socket"):

@@ -11,6 +11,7 @@ import time
 from collections.abc import Callable, Mapping
 from typing import Any
 
+from .auth import check_oauth2_value
 from .errors import AuthenticationError
 
 __all__ = ["OAuth2"]
@@ -42,6 +43,9 @@ class OAuth2:
     ) -> None:
         if not isinstance(user, str) or not user:
             raise ValueError("OAuth2 needs a user (the mailbox address)")
+        check_oauth2_value("user", user)
+        if access_token is not None:
+            check_oauth2_value("access token", access_token)
         if access_token is None and not (refresh_token and token_url and client_id):
             raise ValueError(
                 "OAuth2 needs an access_token, or refresh_token, token_url and client_id"

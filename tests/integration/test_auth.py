@@ -219,6 +219,21 @@ def test_static_access_token(smtpd: SinkFactory, client_tls: dict[str, Any]) -> 
     assert sink.auth_attempts == [("XOAUTH2", "me@x.org", True)]
 
 
+def test_xoauth2_credentials_can_come_at_login(
+    smtpd: SinkFactory, client_tls: dict[str, Any]
+) -> None:
+    """``auth_method="XOAUTH2"`` without ``auth=`` raised at construction, though
+    ``login(auth=OAuth2(...))`` is the documented way to give credentials later; the
+    method is checked against the credentials once they are known."""
+    sink = oauth_sink(smtpd, "static")
+    conn = SMTPConnection(host="localhost", port=sink.port, tls=client_tls, auth_method="XOAUTH2")
+    with conn:
+        with pytest.raises(ValueError, match="XOAUTH2 needs auth=smtppool.OAuth2"):
+            conn.login(auth=("me@x.org", "password"))
+        conn.login(auth=OAuth2(user="me@x.org", access_token="static"))
+    assert sink.auth_attempts == [("XOAUTH2", "me@x.org", True)]
+
+
 def test_expired_token_is_refreshed_and_stored(
     smtpd: SinkFactory, client_tls: dict[str, Any], token_endpoint: TokenEndpoint
 ) -> None:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import pytest
 
 from smtppool import AuthenticationError, Credentials, OAuth2
@@ -82,3 +84,28 @@ def test_oauth2_needs_a_way_to_get_a_token() -> None:
     expired = OAuth2(user="me@x.org", access_token="tok", expires=0)
     with pytest.raises(AuthenticationError, match="cannot be refreshed"):
         expired.get_token()
+
+
+@pytest.mark.parametrize(
+    "make",
+    [
+        lambda: Credentials("me\0admin", "pw"),
+        lambda: Credentials("me", "pw\0admin"),
+        lambda: OAuth2(user="me@x.org\x01auth=Bearer stolen", access_token="t"),
+        lambda: OAuth2(user="me@x.org", access_token="t\x01\x01"),
+        lambda: make_mechanism("XOAUTH2", "me@x.org", "token\x01from-a-server"),
+    ],
+    ids=["PLAIN user", "PLAIN password", "XOAUTH2 user", "XOAUTH2 token", "refreshed token"],
+)
+def test_credentials_with_a_field_separator_are_refused(make: Callable[[], object]) -> None:
+    """A NUL re-split PLAIN's ``\\0user\\0password`` (``me\\0admin`` logs in as ``admin``
+    with authorisation identity ``me``) and a ``\\x01`` added an XOAUTH2 field."""
+    with pytest.raises(ValueError, match="NUL|control"):
+        make()
+
+
+def test_a_forced_method_must_fit_the_credentials() -> None:
+    with pytest.raises(ValueError, match="XOAUTH2 needs auth=smtppool.OAuth2"):
+        choose_mechanism({"XOAUTH2"}, oauth2=False, forced="xoauth2")
+    with pytest.raises(ValueError, match="PLAIN needs a user and password"):
+        choose_mechanism({"PLAIN"}, oauth2=True, forced="plain")
