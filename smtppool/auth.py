@@ -50,6 +50,8 @@ def check_oauth2_value(what: str, value: str) -> str:
 
     :raises ValueError: the value holds a control character.
     """
+    if not isinstance(value, str):
+        raise TypeError(f"OAuth2 {what} must be a str, not {type(value).__name__}")
     if any(ord(c) < 0x20 or c == "\x7f" for c in value):
         raise ValueError(f"OAuth2 {what} must not contain control characters")
     return value

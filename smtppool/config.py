@@ -134,6 +134,16 @@ class Options:
     debug: bool = False
     transaction_log: bool = False
 
+    def __repr__(self) -> str:
+        """Every setting, secrets masked: the password (in ``Credentials``), OAuth2 tokens
+        (in ``OAuth2``) and the TLS key passphrase."""
+        tls = self.tls
+        if isinstance(tls, tuple):
+            tls = tuple((k, "****" if k == "password" else v) for k, v in tls)
+        shown = {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}
+        shown["tls"] = tls
+        return f"Options({', '.join(f'{k}={v!r}' for k, v in shown.items())})"
+
     def __post_init__(self) -> None:
         set_ = functools.partial(object.__setattr__, self)
         if not isinstance(self.host, str) or not self.host or _UNSAFE_NAME.search(self.host):

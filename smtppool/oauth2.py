@@ -6,9 +6,12 @@ refresh actually happens, so a static access token needs no dependency.
 
 from __future__ import annotations
 
+import logging
+import re
 import threading
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
+from contextlib import contextmanager
 from typing import Any
 
 from .auth import check_oauth2_value
@@ -18,6 +21,71 @@ __all__ = ["OAuth2"]
 
 #: Refresh this many seconds before the recorded expiry, to absorb clock skew and latency.
 EXPIRY_MARGIN = 30.0
+#: The libraries a refresh runs through; requests-oauthlib logs request bodies, headers
+#: and the tokens it obtains at DEBUG.
+REFRESH_LOGGERS = ("requests_oauthlib", "oauthlib", "requests", "urllib3")
+#: A secret in a form body, a JSON or dict text, or a header: name, separator, value.
+_SECRET_FIELD = re.compile(
+    r"""((?:access|refresh|id)_token|client_secret|password|authorization)"""
+    r"""(["']?\s*[:=]\s*["']?)((?:basic|bearer)\s+)?[^"'&\s,}]+""",
+    re.IGNORECASE,
+)
+
+
+class SecretFilter(logging.Filter):
+    """Masks secrets in the records of the refresh libraries: token, secret and password
+    fields by name, and the secrets of refreshes under way by value."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self._secrets: dict[str, int] = {}  # value -> refreshes using it
+        self._lock = threading.Lock()
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        message = record.getMessage()
+        redacted = mask_secrets(message, self._secrets)
+        if redacted != message:
+            record.msg, record.args = redacted, None
+        return True
+
+    @contextmanager
+    def guarding(self, *secrets: str | None) -> Iterator[None]:
+        """Attach to every refresh library's logger and mask ``secrets`` meanwhile."""
+        values = [s for s in secrets if s]
+        with self._lock:
+            for value in values:
+                self._secrets[value] = self._secrets.get(value, 0) + 1
+            self._attach()
+        try:
+            yield
+        finally:
+            with self._lock:
+                self._attach()  # loggers the call created, for next time
+                for value in values:
+                    self._secrets[value] -= 1
+                    if not self._secrets[value]:
+                        del self._secrets[value]
+
+    def _attach(self) -> None:
+        # A logger's filters see only its own records, not those of its children.
+        manager = logging.Logger.manager
+        for name in list(manager.loggerDict):
+            if name.split(".")[0] in REFRESH_LOGGERS:
+                logger = logging.getLogger(name)
+                if self not in logger.filters:
+                    logger.addFilter(self)
+
+
+def mask_secrets(text: str, secrets: Iterable[str] = ()) -> str:
+    """``text`` with secret fields (``refresh_token=...``, ``'access_token': '...'``,
+    ``Authorization: Basic ...``) and the given secret values replaced by ``****``."""
+    text = _SECRET_FIELD.sub(lambda m: f"{m[1]}{m[2]}{m[3] or ''}****", text)
+    for secret in secrets:
+        text = text.replace(secret, "****")
+    return text
+
+
+_SECRET_FILTER = SecretFilter()
 
 
 class OAuth2:
@@ -104,19 +172,27 @@ class OAuth2:
         extra = {"client_id": self.client_id}
         if self._client_secret is not None:
             extra["client_secret"] = self._client_secret
+        secrets = (self._client_secret, self._refresh_token, self._access_token)
         try:
-            session = OAuth2Session(self.client_id)
-            token = session.refresh_token(
-                self.token_url,
-                refresh_token=self._refresh_token,
-                timeout=self.timeout,
-                **extra,
-            )
+            with _SECRET_FILTER.guarding(*secrets):
+                session = OAuth2Session(self.client_id)
+                token = session.refresh_token(
+                    self.token_url,
+                    refresh_token=self._refresh_token,
+                    timeout=self.timeout,
+                    **extra,
+                )
         except Exception as exc:  # requests, oauthlib and JSON errors alike
+            reason = mask_secrets(f"{type(exc).__name__}: {exc}", [s for s in secrets if s])
             raise AuthenticationError(
-                f"OAuth2 token refresh at {self.token_url} failed: {type(exc).__name__}: {exc}"
-            ) from exc
-        self._access_token = token["access_token"]
+                f"OAuth2 token refresh at {self.token_url} failed: {reason}"
+            ) from None  # the cause may quote the request, secrets and all
+        try:
+            self._access_token = check_oauth2_value("access token", token["access_token"])
+        except (KeyError, TypeError, ValueError):
+            raise AuthenticationError(
+                f"OAuth2 token refresh at {self.token_url} returned no usable access token"
+            ) from None
         self.expires = token.get("expires_at")
         self._refresh_token = token.get("refresh_token") or self._refresh_token
         if self.on_token is not None:

@@ -11,12 +11,15 @@ import threading
 import urllib.parse
 from collections.abc import Callable, Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
 from typing import Any
 
 import pytest
 import trustme
+from cryptography.hazmat.primitives import serialization
 
 from smtppool import AuthenticationError, Envelope, OAuth2, SMTPConnection
+from smtppool.cli import main
 from smtppool.sink import Sink
 
 SinkFactory = Callable[..., Sink]
@@ -141,6 +144,9 @@ class TokenEndpoint:
     def __init__(self, ca: trustme.CA) -> None:
         self.requests: list[dict[str, str]] = []
         self.issued = 0
+        self.token_prefix = "token"
+        self.refresh_token = "refresh-2"
+        self.status = 200  # else an invalid_grant error
         endpoint = self
 
         class Handler(BaseHTTPRequestHandler):
@@ -149,15 +155,15 @@ class TokenEndpoint:
                 form = dict(urllib.parse.parse_qsl(self.rfile.read(length).decode()))
                 endpoint.requests.append(form)
                 endpoint.issued += 1
-                body = json.dumps(
-                    {
-                        "access_token": f"token-{endpoint.issued}",
-                        "token_type": "Bearer",
-                        "expires_in": 3600,
-                        "refresh_token": "refresh-2",
-                    }
-                ).encode()
-                self.send_response(200)
+                issued = {
+                    "access_token": f"{endpoint.token_prefix}-{endpoint.issued}",
+                    "token_type": "Bearer",
+                    "expires_in": 3600,
+                    "refresh_token": endpoint.refresh_token,
+                }
+                refused = {"error": "invalid_grant", "error_description": "refresh token revoked"}
+                body = json.dumps(issued if endpoint.status == 200 else refused).encode()
+                self.send_response(endpoint.status)
                 self.send_header("Content-Type", "application/json")
                 self.send_header("Content-Length", str(len(body)))
                 self.end_headers()
@@ -324,3 +330,86 @@ def test_credentials_never_reach_the_logs(
         assert secret not in text
         assert base64.b64encode(secret.encode()).decode()[:12] not in text
     assert base64.b64encode(b"\0alice@x.org\0correct horse").decode() not in text
+
+
+def encrypted_client_key(ca: trustme.CA, directory: Path, passphrase: str) -> dict[str, str]:
+    """A client certificate whose key file is encrypted with ``passphrase``."""
+    cert = ca.issue_cert("client.example")
+    key = serialization.load_pem_private_key(cert.private_key_pem.bytes(), password=None)
+    encrypted = key.private_bytes(
+        serialization.Encoding.PEM,
+        serialization.PrivateFormat.PKCS8,
+        serialization.BestAvailableEncryption(passphrase.encode()),
+    )
+    (directory / "client.key").write_bytes(encrypted)
+    cert.cert_chain_pems[0].write_to_path(str(directory / "client.pem"))
+    return {"certfile": str(directory / "client.pem"), "keyfile": str(directory / "client.key")}
+
+
+def test_no_secret_reaches_a_log_record_an_error_or_a_repr(
+    smtpd: SinkFactory,
+    ca: trustme.CA,
+    client_tls: dict[str, Any],
+    token_endpoint: TokenEndpoint,
+    tmp_path: Path,
+    caplog: pytest.LogCaptureFixture,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """Every secret set to a marker, the root logger at DEBUG (requests-oauthlib logs
+    request bodies and the tokens it obtains there), sessions with a password, a TLS key
+    passphrase and a refreshed OAuth2 token, a failed refresh, and the command line:
+    the marker is in no record, exception, repr or output."""
+    caplog.set_level(logging.DEBUG)  # the root logger: every library's records
+    token_endpoint.token_prefix, token_endpoint.refresh_token = "new-MARKER", "refresh-MARKER-2"
+    tls = {
+        **client_tls,
+        **encrypted_client_key(ca, tmp_path, "keypass-MARKER"),
+        "password": "keypass-MARKER",
+    }
+    sink = smtpd(
+        tls="starttls",
+        credentials={"alice@x.org": "password-MARKER"},
+        tokens={"me@x.org": "new-MARKER-1"},
+    )
+    texts: list[str] = []
+    with SMTPConnection(
+        host="localhost",
+        port=sink.port,
+        tls=tls,
+        debug=True,
+        transaction_log=True,
+        auth=("alice@x.org", "password-MARKER"),
+    ) as conn:
+        conn.send(Envelope("alice@x.org", "b@x.org"), b"body text\r\n")
+        texts += [repr(conn), repr(conn.options)]
+    oauth = OAuth2(
+        user="me@x.org",
+        client_id="cid",
+        client_secret="client-secret-MARKER",
+        refresh_token="refresh-MARKER-1",
+        access_token="old-MARKER",
+        token_url=token_endpoint.url,
+    )
+    with SMTPConnection(
+        host="localhost", port=sink.port, tls=client_tls, transaction_log=True, auth=oauth
+    ) as conn:
+        texts += [repr(conn), repr(conn.options), repr(oauth)]
+    assert sink.auth_attempts[-2:] == [
+        ("XOAUTH2", "me@x.org", False),
+        ("XOAUTH2", "me@x.org", True),
+    ]
+    assert token_endpoint.requests[0]["client_secret"] == "client-secret-MARKER"  # it was sent
+    token_endpoint.status = 400
+    with pytest.raises(AuthenticationError) as info:
+        oauth.refresh()
+    texts += [str(info.value), repr(info.value), repr(info.value.__cause__)]
+    url = f"smtp://alice%40x.org:password-MARKER@127.0.0.1:{sink.port}/"
+    ca.cert_pem.write_to_path(str(tmp_path / "ca.pem"))
+    assert main(["verify", "--url", url, "--cafile", str(tmp_path / "ca.pem")]) == 0
+    output = capsys.readouterr()
+    texts += [output.out, output.err]
+    records = [r.getMessage() + (r.exc_text or "") for r in caplog.records]
+    assert any("refresh token request body" in r for r in records)  # the library did log
+    assert any("AUTH CRAM-MD5" in r for r in records) and "STARTTLS" in output.out
+    leaks = [t for t in [*texts, *records, caplog.text] if "MARKER" in t]
+    assert not leaks, leaks[:3]
