@@ -13,6 +13,7 @@ import argparse
 import json
 import mailbox
 import os
+import re
 import ssl
 import sys
 import threading
@@ -21,7 +22,7 @@ from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from email.message import EmailMessage
 from pathlib import Path
-from typing import Any
+from typing import Any, TextIO
 
 from .batch import BatchReport, Outcome, iter_items, run_batch
 from .config import Options
@@ -30,12 +31,28 @@ from .envelope import Envelope
 from .errors import SMTPError
 from .pool import SMTPPool
 
-__all__ = ["main"]
+__all__ = ["main", "printable"]
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_INTERRUPTED = 0, 1, 2, 130
 
 
 # -- output ------------------------------------------------------------------------------
+
+#: What a terminal would act on rather than show: C0 controls but tab and line feed,
+#: DEL, C1 controls (``\x9b`` is a one-byte CSI) and the bidirectional overrides.
+_TERMINAL_CONTROLS = re.compile("[\x00-\x08\x0b-\x1f\x7f-\x9f\u202a-\u202e\u2066-\u2069]")
+
+
+def printable(text: str) -> str:
+    """``text`` with every terminal control escaped (``\\x1b``, ``\\u202e``): what a
+    server or a message says is shown, never obeyed.  CRLF line ends become LF."""
+    return _TERMINAL_CONTROLS.sub(lambda m: ascii(m[0])[1:-1], text.replace("\r\n", "\n"))
+
+
+def _print(text: str, *, file: TextIO | None = None, flush: bool = False) -> None:
+    """print() for everything the command line shows: server replies, message fields
+    and file names included."""
+    print(printable(text), file=file or sys.stdout, flush=flush)
 
 
 @contextmanager
@@ -110,11 +127,11 @@ def _print_summary(report: BatchReport, stats: dict[str, int] | None) -> None:
     if stats is not None:
         rows += [("connections", stats["connections_opened"]), ("retried", stats["retried"])]
     for name, value in rows:
-        print(f"{name:<12}{value:>12}")
+        _print(f"{name:<12}{value:>12}")
     for outcome in report.outcomes:
         if outcome.status != "sent":
             error = outcome.error or {}
-            print(
+            _print(
                 f"{outcome.status}: {outcome.id}: {error.get('code')}: {error.get('message')}",
                 file=sys.stderr,
             )
@@ -244,15 +261,15 @@ def _verify(args: argparse.Namespace) -> int:
         if connection.secure:
             tls = f"{connection.tls_version} ({connection.tls_mode}), {connection.tls_cipher}"
         opts = connection.options
-        print(f"{'server':<12}{opts.host}:{opts.port}")
-        print(f"{'tls':<12}{tls}")
-        print(f"{'extensions':<12}{' '.join(_describe(connection.extensions)) or '-'}")
+        _print(f"{'server':<12}{opts.host}:{opts.port}")
+        _print(f"{'tls':<12}{tls}")
+        _print(f"{'extensions':<12}{' '.join(_describe(connection.extensions)) or '-'}")
         auth = " ".join(sorted(connection.extensions.auth_mechanisms)) or "-"
-        print(f"{'auth':<12}{auth}")
-        print(f"{'login':<12}{'ok as ' + opts.auth.user if opts.auth else 'not configured'}")
+        _print(f"{'auth':<12}{auth}")
+        _print(f"{'login':<12}{'ok as ' + opts.auth.user if opts.auth else 'not configured'}")
     finally:
         connection.quit()
-    print(f"{'result':<12}OK")
+    _print(f"{'result':<12}OK")
     return EXIT_OK
 
 
@@ -274,13 +291,13 @@ def _sink(args: argparse.Namespace) -> int:
         if maildir is not None:
             maildir.add(f"Return-Path: <{message.mail_from}>\r\n".encode() + message.data)
         if args.print or maildir is None:
-            print(
+            _print(
                 f"--- from <{message.mail_from}> to {', '.join(message.rcpt_tos)} "
                 f"({len(message.data)} bytes)",
                 flush=True,
             )
             if args.print:
-                print(message.data.decode("utf-8", "replace"), flush=True)
+                _print(message.data.decode("utf-8", "replace"), flush=True)
         count += 1
         if args.count and count >= args.count:
             received.set()
@@ -300,13 +317,13 @@ def _sink(args: argparse.Namespace) -> int:
         auth_require_tls=tls_context is not None,
     )
     with sink:
-        print(f"listening on {sink.host}:{sink.port}", flush=True)
+        _print(f"listening on {sink.host}:{sink.port}", flush=True)
         try:
             while not received.wait(0.2):
                 pass
         except KeyboardInterrupt:
             pass
-    print(f"received {count} message(s)", flush=True)
+    _print(f"received {count} message(s)", flush=True)
     return EXIT_OK
 
 
@@ -326,7 +343,7 @@ def _demo(args: argparse.Namespace) -> int:
     from .sink import Sink
 
     with Sink(extensions=["PIPELINING"]) as sink:
-        print(f"sink listening on {sink.host}:{sink.port}")
+        _print(f"sink listening on {sink.host}:{sink.port}")
         sent = failed = 0
         start = time.monotonic()
         with SMTPPool(host=sink.host, port=sink.port, max_connections=args.max_connections) as pool:
@@ -335,7 +352,7 @@ def _demo(args: argparse.Namespace) -> int:
                 for outcome in pool.send_many(messages):
                     if isinstance(outcome, SMTPError):
                         failed += 1
-                        print(f"failed: {outcome}", file=sys.stderr)
+                        _print(f"failed: {outcome}", file=sys.stderr)
                     else:
                         sent += 1
                     advance()
@@ -343,7 +360,7 @@ def _demo(args: argparse.Namespace) -> int:
             stats = pool.stats()
         received = len(sink.messages)
     rate = sent / elapsed if elapsed > 0 else float("inf")
-    print(
+    _print(
         f"sent {sent}, failed {failed}, received by sink {received}, {elapsed:.2f} s, "
         f"{rate:.0f} messages/s, connections used {stats['connections_opened']} "
         f"(max_connections={args.max_connections})"
@@ -422,13 +439,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         status: int = args.run(args)
     except SMTPError as exc:
-        print(
+        _print(
             f"error {exc.code}: {exc.message}" + (f" ({exc.response})" if exc.response else ""),
             file=sys.stderr,
         )
         return EXIT_FAILED
     except (ValueError, TypeError, OSError) as exc:
-        print(f"error: {exc}", file=sys.stderr)
+        _print(f"error: {exc}", file=sys.stderr)
         return EXIT_FAILED
     except KeyboardInterrupt:
         return EXIT_INTERRUPTED

@@ -19,11 +19,11 @@ import trustme
 
 from smtppool import Envelope, SMTPConnection
 from smtppool.batch import iter_items
-from smtppool.cli import main
+from smtppool.cli import main, printable
 from smtppool.sink import Sink
 
 from ..faults import Faults, FaultServer
-from ..servers import wait_until
+from ..servers import ScriptedServer, expect, send, wait_until
 
 SinkFactory = Callable[..., Sink]
 SCRIPT = shutil.which("smtppool", path=str(Path(sys.executable).parent)) or "smtppool"
@@ -314,3 +314,33 @@ def test_python_dash_m_demo_runs_as_a_newcomer_would() -> None:
     assert "sent 200, failed 0, received by sink 200" in result.stdout
     assert result.stderr == ""  # no progress bar when stderr is not a terminal
     assert time.monotonic() - started < 120
+
+
+#: A window-title change, a screen clear, a one-byte CSI and a right-to-left override.
+ESCAPES = "\x1b]0;pwned\x07\x1b[2J\x9b31m\u202e"
+
+
+@pytest.mark.parametrize("reply", ["250", "550"], ids=["verified", "refused"])
+def test_server_text_is_shown_escaped_never_obeyed(
+    scripted: Callable[..., ScriptedServer], capsys: pytest.CaptureFixture[str], reply: str
+) -> None:
+    """`smtppool verify` printed the server's EHLO text as is: a server could retitle
+    the window and clear the screen."""
+    ehlo = f"250-fake.example\r\n250-XTITLE {ESCAPES}\r\n250 SIZE 1000\r\n".encode()
+    refused = f"550 5.7.1 go away {ESCAPES}\r\n".encode()
+    server = scripted(
+        [send(b"220 fake " + ESCAPES.encode() + b"\r\n"), expect(b"EHLO"), send(ehlo)]
+        if reply == "250"
+        else [send(refused)]
+    )
+    status = main(["verify", "--host", server.host, "--port", str(server.port), "--timeout", "5"])
+    output = capsys.readouterr()
+    shown = output.out + output.err
+    assert status == (0 if reply == "250" else 1)
+    assert "\\x1b]0;pwned\\x07\\x1b[2J\\x9b31m\\u202e" in shown, shown
+    assert not any(c in shown for c in "\x1b\x07\x9b\u202e")
+
+
+def test_printable_keeps_text_and_line_breaks() -> None:
+    assert printable("héllo\tworld\r\nnext\n") == "héllo\tworld\nnext\n"
+    assert printable("a\rb\x00c\x7f") == "a\\rb\\x00c\\x7f"
