@@ -10,6 +10,7 @@ terminal; otherwise the output is plain text.
 from __future__ import annotations
 
 import argparse
+import getpass
 import json
 import mailbox
 import os
@@ -18,6 +19,7 @@ import ssl
 import sys
 import threading
 import time
+import urllib.parse
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from email.message import EmailMessage
@@ -141,7 +143,12 @@ def _print_summary(report: BatchReport, stats: dict[str, int] | None) -> None:
 
 
 def _add_server_arguments(parser: argparse.ArgumentParser) -> None:
-    group = parser.add_argument_group("server (default: $SMTPPOOL_URL)")
+    group = parser.add_argument_group(
+        "server (default: $SMTPPOOL_URL)",
+        "A password given on the command line (--password, or inside --url) shows in ps "
+        "and in shell history: prefer $SMTPPOOL_PASSWORD, $SMTPPOOL_URL or "
+        "--password-file; with --user and none of them, a terminal is asked for it.",
+    )
     group.add_argument("--url", help="smtp://user:password@host:port/?options")
     group.add_argument("--service", help="well-known provider, e.g. gmail")
     group.add_argument("--host")
@@ -150,7 +157,10 @@ def _add_server_arguments(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--require-tls", action="store_true", default=None)
     group.add_argument("--ignore-tls", action="store_true", default=None)
     group.add_argument("--user", help="login name ($SMTPPOOL_PASSWORD holds the password)")
-    group.add_argument("--password")
+    group.add_argument("--password", help="the password (visible to other users; see above)")
+    group.add_argument(
+        "--password-file", metavar="PATH", help="read the password from this file's first line"
+    )
     group.add_argument("--cafile", help="trust these CA certificates instead of the system's")
     group.add_argument("--timeout", type=float, help="seconds for each network step")
 
@@ -162,7 +172,9 @@ def _options(args: argparse.Namespace, **extra: Any) -> Options:
         if getattr(args, name) is not None:
             settings[name] = getattr(args, name)
     if args.user:
-        settings["auth"] = (args.user, args.password or os.environ.get("SMTPPOOL_PASSWORD", ""))
+        settings["auth"] = (args.user, _password(args))
+    if args.url and urllib.parse.urlsplit(args.url).password:
+        _warn_password_in_argv("--url")
     if args.cafile:
         settings["tls"] = {"cafile": args.cafile}
     if args.timeout:
@@ -174,6 +186,35 @@ def _options(args: argparse.Namespace, **extra: Any) -> Options:
         )
     settings.update({k: v for k, v in extra.items() if v is not None})
     return Options.from_settings(url=url, **settings)
+
+
+def _password(args: argparse.Namespace) -> str:
+    """The password for ``--user``: from --password (with a warning), --password-file,
+    $SMTPPOOL_PASSWORD, or asked on the terminal.
+
+    :raises ValueError: none of them, and no terminal to ask.
+    """
+    if args.password is not None:
+        _warn_password_in_argv("--password")
+        return str(args.password)
+    if args.password_file:
+        with open(args.password_file, encoding="utf-8") as file:
+            return file.readline().rstrip("\r\n")
+    if "SMTPPOOL_PASSWORD" in os.environ:
+        return os.environ["SMTPPOOL_PASSWORD"]
+    if not sys.stdin.isatty():
+        raise ValueError(
+            f"no password for {args.user}: set $SMTPPOOL_PASSWORD or use --password-file"
+        )
+    return getpass.getpass(f"password for {args.user}: ")
+
+
+def _warn_password_in_argv(option: str) -> None:
+    _print(
+        f"warning: the password in {option} shows in ps and shell history; "
+        "use $SMTPPOOL_PASSWORD, $SMTPPOOL_URL or --password-file",
+        file=sys.stderr,
+    )
 
 
 # -- commands ------------------------------------------------------------------------------

@@ -29,8 +29,12 @@ SinkFactory = Callable[..., Sink]
 SCRIPT = shutil.which("smtppool", path=str(Path(sys.executable).parent)) or "smtppool"
 
 
-def run(*args: str, timeout: float = 120, **kwargs: Any) -> subprocess.CompletedProcess[str]:
+def run(
+    *args: str, timeout: float = 120, password: str | None = None, **kwargs: Any
+) -> subprocess.CompletedProcess[str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith("SMTPPOOL_")}
+    if password is not None:
+        env["SMTPPOOL_PASSWORD"] = password
     return subprocess.run(
         [SCRIPT, *args],
         capture_output=True,
@@ -148,7 +152,7 @@ def tls_sink(smtpd: SinkFactory, ca: trustme.CA, tmp_path: Path) -> tuple[Sink, 
     return smtpd(tls="starttls", credentials={"u": "pw"}), cafile
 
 
-def verify_args(port: int, password: str, cafile: Path | None) -> list[str]:
+def verify_args(port: int, cafile: Path | None) -> list[str]:
     args = [
         "verify",
         "--host",
@@ -157,15 +161,13 @@ def verify_args(port: int, password: str, cafile: Path | None) -> list[str]:
         str(port),
         "--user",
         "u",
-        "--password",
-        password,
     ]
     return args + (["--cafile", str(cafile)] if cafile else [])
 
 
 def test_verify_prints_what_the_server_offers(tls_sink: tuple[Sink, Path]) -> None:
     sink, cafile = tls_sink
-    result = run(*verify_args(sink.port, "pw", cafile))
+    result = run(*verify_args(sink.port, cafile), password="pw")
     assert result.returncode == 0, result.stderr
     out = result.stdout
     assert "TLSv1.3 (STARTTLS)" in out and "SMTPUTF8" in out and "SIZE=33554432" in out
@@ -176,10 +178,8 @@ def test_verify_prints_what_the_server_offers(tls_sink: tuple[Sink, Path]) -> No
 def test_verify_failures(tls_sink: tuple[Sink, Path], case: str) -> None:
     sink, cafile = tls_sink
     port = _closed_port() if case == "closed port" else sink.port
-    args = verify_args(
-        port, "wrong" if case == "password" else "pw", None if case == "certificate" else cafile
-    )
-    result = run(*args, timeout=60)
+    args = verify_args(port, None if case == "certificate" else cafile)
+    result = run(*args, timeout=60, password="wrong" if case == "password" else "pw")
     assert result.returncode == 1 and result.stdout == ""
     expected = {
         "password": "error EAUTH: AUTH CRAM-MD5 failed (535",
@@ -344,3 +344,73 @@ def test_server_text_is_shown_escaped_never_obeyed(
 def test_printable_keeps_text_and_line_breaks() -> None:
     assert printable("héllo\tworld\r\nnext\n") == "héllo\tworld\nnext\n"
     assert printable("a\rb\x00c\x7f") == "a\\rb\\x00c\\x7f"
+
+
+def login_args(sink: Sink, cafile: Path, *extra: str) -> list[str]:
+    return [
+        "verify",
+        "--host",
+        "localhost",
+        "--port",
+        str(sink.port),
+        "--cafile",
+        str(cafile),
+        *extra,
+    ]
+
+
+def test_a_password_on_the_command_line_is_warned_about(
+    tls_sink: tuple[Sink, Path], capsys: pytest.CaptureFixture[str]
+) -> None:
+    sink, cafile = tls_sink
+    assert main(login_args(sink, cafile, "--user", "u", "--password", "pw")) == 0
+    err = capsys.readouterr().err
+    assert "warning: the password in --password shows in ps" in err
+    url = f"smtp://u:pw@localhost:{sink.port}/"
+    assert main(["verify", "--url", url, "--cafile", str(cafile)]) == 0
+    assert "warning: the password in --url shows in ps" in capsys.readouterr().err
+
+
+def test_a_password_from_a_file_the_environment_or_the_terminal(
+    tls_sink: tuple[Sink, Path],
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    sink, cafile = tls_sink
+    (tmp_path / "secret").write_text("pw\n")
+    assert (
+        main(login_args(sink, cafile, "--user", "u", "--password-file", str(tmp_path / "secret")))
+        == 0
+    )
+    monkeypatch.setenv("SMTPPOOL_PASSWORD", "pw")
+    assert main(login_args(sink, cafile, "--user", "u")) == 0
+    monkeypatch.delenv("SMTPPOOL_PASSWORD")
+    prompts: list[str] = []
+    monkeypatch.setattr("sys.stdin.isatty", lambda: True)
+    monkeypatch.setattr("getpass.getpass", lambda prompt: prompts.append(prompt) or "pw")
+    assert main(login_args(sink, cafile, "--user", "u")) == 0
+    assert prompts == ["password for u: "]
+    out, err = capsys.readouterr()
+    assert out.count("ok as u") == 3 and "warning" not in err
+    assert sink.auth_attempts[-3:] == [("CRAM-MD5", "u", True)] * 3
+
+
+def test_no_password_and_no_terminal_is_an_error_not_an_empty_password(
+    tls_sink: tuple[Sink, Path], capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    sink, cafile = tls_sink
+    monkeypatch.delenv("SMTPPOOL_PASSWORD", raising=False)
+    monkeypatch.setattr("sys.stdin.isatty", lambda: False)
+    assert main(login_args(sink, cafile, "--user", "u")) == 1
+    assert (
+        "no password for u: set $SMTPPOOL_PASSWORD or use --password-file"
+        in capsys.readouterr().err
+    )
+    assert sink.auth_attempts == []
+
+
+def test_help_tells_where_a_password_can_come_from(capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["verify", "--help"]) == 0
+    text = " ".join(capsys.readouterr().out.split())
+    assert "$SMTPPOOL_PASSWORD" in text and "--password-file" in text and "shows in ps" in text
