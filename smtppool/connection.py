@@ -132,6 +132,9 @@ class SMTPConnection:
         self._trace = options.transaction_log or options.debug
         #: "implicit" or "STARTTLS" once TLS is up, else None.
         self.tls_mode: str | None = None
+        #: Why the session went on without TLS although the server offered STARTTLS
+        #: (``opportunistic_tls`` only), else None.
+        self.tls_fallback: str | None = None
         #: The most recent reply from the server.
         self.last_reply: Reply | None = None
         #: Messages delivered on this connection (at least one recipient accepted).
@@ -330,7 +333,7 @@ class SMTPConnection:
         with self._guard("connecting"):
             try:
                 self._open_session(starttls=not opts.ignore_tls)
-            except ssl.SSLError:  # raw handshake errors and our TLSError (a subclass) alike
+            except ssl.SSLError as exc:  # raw handshake errors and our TLSError alike
                 # A handshake that failed after STARTTLS was accepted: opportunistic_tls
                 # means the caller prefers plaintext to no mail, so dial again without it.
                 if not (
@@ -341,13 +344,9 @@ class SMTPConnection:
                     and self._protocol.state == State.HELLO
                 ):
                     raise
-                self._log.warning(
-                    "STARTTLS with %s:%s failed; continuing without TLS (opportunistic_tls)",
-                    opts.host,
-                    opts.port,
-                )
                 self.close()
                 self._open_session(starttls=False)
+                self._fall_back_to_plaintext(f"the TLS handshake failed: {exc}")
         self.connected_at = time.monotonic()
         self._log.info(
             "connected to %s:%s (tls=%s, extensions=%s)",
@@ -360,7 +359,7 @@ class SMTPConnection:
     def _open_session(self, *, starttls: bool) -> None:
         opts = self.options
         self._protocol = SMTPProtocol(lmtp=opts.lmtp)
-        self.tls_mode = None
+        self.tls_mode = self.tls_fallback = None
         deadline = time.monotonic() + opts.connection_timeout
         self._sock = self._adopt(self._open_socket(deadline))
         if self._aborted:  # abort() came while the socket was being opened
@@ -467,11 +466,22 @@ class SMTPConnection:
         reply = self._command(self._protocol.starttls())
         if reply.code != 220:
             if opts.opportunistic_tls:
-                self._log.warning("server refused STARTTLS (%s); continuing without TLS", reply)
+                self._fall_back_to_plaintext(f"the server refused STARTTLS: {reply}")
                 return
             raise TLSError.from_reply(reply, "server refused STARTTLS")
         self._start_tls(time.monotonic() + opts.connection_timeout, "STARTTLS")
         self._hello()
+
+    def _fall_back_to_plaintext(self, reason: str) -> None:
+        """Record and log (at WARNING, every time) a session going on without the TLS
+        the server offered, as ``opportunistic_tls`` allows."""
+        self.tls_fallback = reason
+        self._log.warning(
+            "%s:%s: continuing WITHOUT TLS (opportunistic_tls): %s",
+            self.options.host,
+            self.options.port,
+            reason,
+        )
 
     # -- authentication ----------------------------------------------------------------
 

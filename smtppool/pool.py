@@ -253,6 +253,7 @@ class SMTPPool:
                 "connections_opened",
                 "connections_retired",
                 "connections_failed",
+                "tls_fallbacks",
             ),
             0,
         )
@@ -371,7 +372,9 @@ class SMTPPool:
 
     def stats(self) -> dict[str, int]:
         """Counters for monitoring: sent, failed, retried, connections opened, retired and
-        failed (dials that did not give a session), queued, in flight, and
+        failed (dials that did not give a session), ``tls_fallbacks`` (connections that
+        went on without the TLS the server offered, under ``opportunistic_tls``), queued,
+        in flight, and
         ``connection_limit``: how many connections the pool holds at most right now
         (``max_connections``, or fewer while the server refuses more)."""
         with self._lock:
@@ -838,6 +841,7 @@ class SMTPPool:
             self._open += 1
             self._leases[connection] = lease  # released by _retire
             self._counts["connections_opened"] += 1
+            self._counts["tls_fallbacks"] += connection.tls_fallback is not None
             recovered = self._connection_limit.failures > 0
             self._connection_limit.dialled(self._open)
             self._spawn_locked()  # the queue may use one more connection

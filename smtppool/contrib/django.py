@@ -138,7 +138,6 @@ class EmailBackend(django_smtp.EmailBackend):  # type: ignore[misc]
             "port": int(self.port) if self.port else None,
             "secure": bool(self.use_ssl),
             "require_tls": bool(self.use_tls and not self.use_ssl),
-            "opportunistic_tls": not (self.use_tls or self.use_ssl),
             "auth": (self.username, self.password) if self.username and self.password else None,
             "name": str(django_smtp.DNS_NAME.get_fqdn()),
             "tls": tls,
@@ -149,7 +148,7 @@ class EmailBackend(django_smtp.EmailBackend):  # type: ignore[misc]
         merged = {**django_settings, **self.pool_options}
         merged.pop("parallel", None)
         if merged.get("require_tls") and merged.get("opportunistic_tls"):
-            merged["opportunistic_tls"] = False
+            merged["opportunistic_tls"] = False  # EMAIL_USE_TLS: the safer choice wins
         return Options.from_settings(**merged)
 
     def open(self) -> bool | None:

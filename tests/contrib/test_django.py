@@ -211,13 +211,38 @@ def test_use_tls_fails_against_a_server_without_starttls(smtpd: SinkFactory) -> 
             mail.send_mail("Hi", "Body", "app@x.org", ["a@x.org"])
 
 
+def test_without_use_tls_a_failed_starttls_is_not_a_plaintext_send(
+    smtpd: SinkFactory, caplog: pytest.LogCaptureFixture
+) -> None:
+    """STARTTLS is used when offered; a handshake failing on an untrusted certificate
+    was redialled in plaintext and the message went out without a word.  Now the plaintext
+    retry happens only with an explicit opportunistic_tls, logged with its reason every
+    time and counted in stats()."""
+    sink = smtpd(tls="starttls")  # a certificate from a CA this process does not trust
+    with mail_settings(port=sink.port, timeout=5):
+        with pytest.raises(SMTPError, match="certificate verify failed"):
+            mail.send_mail("Hi", "Body", "app@x.org", ["a@x.org"])
+    assert sink.messages == []
+    with mail_settings(port=sink.port, timeout=5, opportunistic_tls=True):
+        for _ in range(2):
+            connection = backend()
+            connection.open()
+            assert mail.send_mail("Hi", "Body", "app@x.org", ["a@x.org"], connection=connection)
+            stats = connection.connection.stats()
+            connection.close()
+    assert len(sink.messages) == 2 and stats["tls_fallbacks"] >= 1
+    warnings = [r.getMessage() for r in caplog.records if "WITHOUT TLS" in r.getMessage()]
+    assert warnings and all("certificate verify failed" in w for w in warnings), warnings
+    assert len(warnings) == stats["tls_fallbacks"] + 1  # and verify()'s own connection
+
+
 def test_timeout_and_pool_options_reach_the_pool(smtpd: SinkFactory) -> None:
     sink = smtpd()
     with mail_settings(port=sink.port, timeout=7, max_connections=2, rate_limit=50, pool_timeout=5):
         options = backend().options
     assert (options.socket_timeout, options.greeting_timeout) == (7, 7)
     assert (options.max_connections, options.rate_limit, options.pool_timeout) == (2, 50, 5)
-    assert options.opportunistic_tls and not options.require_tls
+    assert not options.opportunistic_tls and not options.require_tls  # STARTTLS if offered
     with mail_settings(port=sink.port, timeout=7):
         assert backend().options.pool_timeout == 7  # a dead server fails within the timeout
 

@@ -603,6 +603,7 @@ def test_repr_and_stats_shape(smtpd: SinkFactory, make_pool: Callable[..., SMTPP
         "connections_opened": 1,
         "connections_retired": 0,
         "connections_failed": 0,
+        "tls_fallbacks": 0,
         "queued": 0,
         "in_flight": 0,
         "connection_limit": 2,

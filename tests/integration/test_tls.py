@@ -87,7 +87,8 @@ def test_opportunistic_tls_falls_back_to_plaintext_on_handshake_failure(
     conn = send_one(sink, opportunistic_tls=True)
     assert not conn.secure and len(sink.messages) == 1
     assert sink.connections_opened == 2  # the failed handshake, then a clean plaintext session
-    assert "continuing without TLS" in caplog.text
+    assert "continuing WITHOUT TLS (opportunistic_tls): the TLS handshake failed" in caplog.text
+    assert conn.tls_fallback is not None and "certificate verify failed" in conn.tls_fallback
 
 
 def test_default_policy_does_not_fall_back(smtpd: SinkFactory) -> None:
