@@ -1,15 +1,18 @@
-"""No caller-supplied value (address, DSN field, EHLO name) can add a command or an ESMTP
-parameter on the wire: each is refused with ValueError/TypeError or sent as one token."""
+"""No caller-supplied value (address, DSN field, EHLO name, credentials) can add a
+command or an ESMTP parameter on the wire: each is refused with ValueError/TypeError or
+sent as one token."""
 
 from __future__ import annotations
 
+import base64
 import re
 
 import pytest
 from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
-from smtppool import DSN, Envelope
+from smtppool import DSN, Credentials, Envelope
+from smtppool.auth import make_mechanism
 from smtppool.protocol import SMTPProtocol
 
 #: Parameters as RFC 5321 writes them: esmtp-keyword ["=" esmtp-value], no spaces.
@@ -165,3 +168,21 @@ def test_a_space_in_an_address_only_inside_a_quoted_local_part() -> None:
     p = ready("PIPELINING")
     assert p.mail(quoted.mail_from) == b'MAIL FROM:<"john smith"@x.org>\r\n'
     assert p.rcpt(quoted.rcpt_to[0]) == b'RCPT TO:<"a\\" b"@x.org>\r\n'
+
+
+@given(user=hostile, password=hostile)
+def test_credentials_are_one_base64_word_with_their_fields_intact(user: str, password: str) -> None:
+    try:
+        credentials = Credentials(user, password)
+    except ValueError:
+        return
+    p = ready("AUTH PLAIN")
+    mechanism = make_mechanism("PLAIN", credentials.user, credentials.password)
+    wire = p.auth("PLAIN", mechanism.initial_response())
+    verb, method, payload = wire[:-2].split(b" ")
+    assert (verb, method) == (b"AUTH", b"PLAIN") and wire.count(b"\r\n") == 1
+    assert base64.b64decode(payload, validate=True).split(b"\0") == [
+        b"",
+        user.encode(),
+        password.encode(),
+    ]
