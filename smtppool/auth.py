@@ -84,6 +84,7 @@ class _Plain:
     name = "PLAIN"
 
     def __init__(self, user: str, secret: str) -> None:
+        Credentials(user, secret)  # the same checks: a NUL would re-split the fields
         self._payload = b"\0" + user.encode() + b"\0" + secret.encode()
 
     def initial_response(self) -> bytes | None:

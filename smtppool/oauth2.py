@@ -7,6 +7,7 @@ refresh actually happens, so a static access token needs no dependency.
 from __future__ import annotations
 
 import logging
+import math
 import re
 import threading
 import time
@@ -38,12 +39,16 @@ class SecretFilter(logging.Filter):
 
     def __init__(self) -> None:
         super().__init__()
-        self._secrets: dict[str, int] = {}  # value -> refreshes using it
+        self._uses: dict[str, int] = {}  # value -> refreshes using it; under the lock
+        self._masked: tuple[str, ...] = ()  # its keys, replaced whole: read without a lock
         self._lock = threading.Lock()
 
     def filter(self, record: logging.LogRecord) -> bool:
-        message = record.getMessage()
-        redacted = mask_secrets(message, self._secrets)
+        try:
+            message = record.getMessage()
+            redacted = mask_secrets(message, self._masked)
+        except Exception:  # a record that cannot be formatted is the handler's to report
+            return True
         if redacted != message:
             record.msg, record.args = redacted, None
         return True
@@ -54,7 +59,8 @@ class SecretFilter(logging.Filter):
         values = [s for s in secrets if s]
         with self._lock:
             for value in values:
-                self._secrets[value] = self._secrets.get(value, 0) + 1
+                self._uses[value] = self._uses.get(value, 0) + 1
+            self._masked = tuple(self._uses)
             self._attach()
         try:
             yield
@@ -62,9 +68,10 @@ class SecretFilter(logging.Filter):
             with self._lock:
                 self._attach()  # loggers the call created, for next time
                 for value in values:
-                    self._secrets[value] -= 1
-                    if not self._secrets[value]:
-                        del self._secrets[value]
+                    self._uses[value] -= 1
+                    if not self._uses[value]:
+                        del self._uses[value]
+                self._masked = tuple(self._uses)
 
     def _attach(self) -> None:
         # A logger's filters see only its own records, not those of its children.
@@ -173,6 +180,7 @@ class OAuth2:
         if self._client_secret is not None:
             extra["client_secret"] = self._client_secret
         secrets = (self._client_secret, self._refresh_token, self._access_token)
+        failure: str | None = None
         try:
             with _SECRET_FILTER.guarding(*secrets):
                 session = OAuth2Session(self.client_id)
@@ -183,17 +191,19 @@ class OAuth2:
                     **extra,
                 )
         except Exception as exc:  # requests, oauthlib and JSON errors alike
-            reason = mask_secrets(f"{type(exc).__name__}: {exc}", [s for s in secrets if s])
-            raise AuthenticationError(
-                f"OAuth2 token refresh at {self.token_url} failed: {reason}"
-            ) from None  # the cause may quote the request, secrets and all
+            failure = mask_secrets(f"{type(exc).__name__}: {exc}", [s for s in secrets if s])
+        if failure is not None:  # raised here, so the original (which may quote the
+            # request, secrets and all) is neither its cause nor its context
+            raise AuthenticationError(f"OAuth2 token refresh at {self.token_url} failed: {failure}")
+        access_token, expires = token.get("access_token"), token.get("expires_at")
         try:
-            self._access_token = check_oauth2_value("access token", token["access_token"])
-        except (KeyError, TypeError, ValueError):
+            self._access_token = check_oauth2_value("access token", access_token)
+        except (TypeError, ValueError):
             raise AuthenticationError(
                 f"OAuth2 token refresh at {self.token_url} returned no usable access token"
             ) from None
-        self.expires = token.get("expires_at")
+        usable = isinstance(expires, (int, float)) and math.isfinite(expires)
+        self.expires = float(expires) if usable else None  # a bad expiry: refreshed on refusal
         self._refresh_token = token.get("refresh_token") or self._refresh_token
         if self.on_token is not None:
             self.on_token(dict(token))

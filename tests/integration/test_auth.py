@@ -8,6 +8,7 @@ import logging
 import socket
 import ssl
 import threading
+import traceback
 import urllib.parse
 from collections.abc import Callable, Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -402,7 +403,8 @@ def test_no_secret_reaches_a_log_record_an_error_or_a_repr(
     token_endpoint.status = 400
     with pytest.raises(AuthenticationError) as info:
         oauth.refresh()
-    texts += [str(info.value), repr(info.value), repr(info.value.__cause__)]
+    assert info.value.__cause__ is info.value.__context__ is None  # the request stays out
+    texts += ["".join(traceback.format_exception(info.value)), repr(info.value)]
     url = f"smtp://alice%40x.org:password-MARKER@127.0.0.1:{sink.port}/"
     ca.cert_pem.write_to_path(str(tmp_path / "ca.pem"))
     assert main(["verify", "--url", url, "--cafile", str(tmp_path / "ca.pem")]) == 0

@@ -109,3 +109,48 @@ def test_a_forced_method_must_fit_the_credentials() -> None:
         choose_mechanism({"XOAUTH2"}, oauth2=False, forced="xoauth2")
     with pytest.raises(ValueError, match="PLAIN needs a user and password"):
         choose_mechanism({"PLAIN"}, oauth2=True, forced="plain")
+
+
+def test_a_refreshed_token_with_a_bad_expiry_is_kept_without_one(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """``"expires_at": "soon"`` was stored as is, and every later get_token() raised
+    TypeError comparing it with the clock."""
+    from requests_oauthlib import OAuth2Session
+
+    def refresh(self: object, url: str, **kwargs: object) -> dict[str, object]:
+        return {"access_token": "fresh", "expires_at": "soon"}
+
+    monkeypatch.setattr(OAuth2Session, "refresh_token", refresh)
+    oauth = OAuth2(user="me@x.org", client_id="c", refresh_token="r", token_url="https://t/")
+    assert oauth.get_token() == "fresh" and oauth.expires is None
+    assert oauth.get_token() == "fresh"  # no refresh needed, no TypeError
+
+
+def test_the_secret_filter_is_safe_while_refreshes_come_and_go() -> None:
+    """Records were masked by iterating a dict that concurrent refreshes changed:
+    ``RuntimeError: dictionary changed size during iteration`` out of a logging call."""
+    import logging
+    import threading
+
+    from smtppool.oauth2 import SecretFilter
+
+    secret_filter = SecretFilter()
+    stop = threading.Event()
+
+    def refreshes() -> None:
+        n = 0
+        while not stop.is_set():
+            n += 1
+            with secret_filter.guarding(f"secret-{n}", f"other-{n}"):
+                pass
+
+    thread = threading.Thread(target=refreshes)
+    thread.start()
+    try:
+        for n in range(20000):
+            record = logging.LogRecord("requests_oauthlib", 10, "f", 1, "body %s", (n,), None)
+            assert secret_filter.filter(record)
+    finally:
+        stop.set()
+        thread.join(5)
