@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import email.utils
 import re
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from email.message import Message
 from email.parser import BytesHeaderParser
@@ -27,14 +27,18 @@ __all__ = [
     "check_address",
     "envelope_from_message",
     "pair_with_envelope",
+    "utf8_address_xtext",
     "xtext",
 ]
 
-_FORBIDDEN = re.compile(r"[\x00-\x1f\x7f<>]")
+#: Never in an address: C0 and C1 controls, DEL, angle brackets, and white space other
+#: than the plain space (U+2028, U+00A0, U+3000 ... which a server may split or drop).
+_FORBIDDEN = re.compile(r"[\x00-\x1f\x7f-\x9f<>]|[^\S ]")
 #: RFC 5321's Quoted-string local part (qtextSMTP and quoted-pairSMTP; any non-ASCII
-#: character for SMTPUTF8), then a domain without spaces: the one place a space may be.
+#: character for SMTPUTF8), then a non-empty domain without spaces: the one place a
+#: space may be.
 _QUOTED_LOCAL_PART = re.compile(
-    r'"(?:[\x20\x21\x23-\x5b\x5d-\x7e]|\\[\x20-\x7e]|[^\x00-\x7f])*"@[^ "]*'
+    r'"(?:[\x20\x21\x23-\x5b\x5d-\x7e]|\\[\x20-\x7e]|[^\x00-\x7f])*"@[^ "]+'
 )
 _NOTIFY_VALUES = frozenset({"NEVER", "SUCCESS", "FAILURE", "DELAY"})
 #: An ORCPT address type (RFC 3461 "addr-type"): rfc822, utf-8, x400, ...
@@ -90,6 +94,30 @@ def utf8_address_xtext(address: str) -> str:
     )
 
 
+def _encoded_field(
+    name: str, value: object, encode: Callable[[str], str], limit: int
+) -> str | None:
+    """A DSN value in its wire form, or None when not requested (None or empty).
+
+    :raises TypeError: not a string.
+    :raises ValueError: it cannot be encoded, or is longer than ``limit`` once encoded.
+    """
+    if value is None or value == "":
+        return None
+    if not isinstance(value, str):
+        raise TypeError(f"DSN {name} must be a str, not {type(value).__name__}")
+    encoded = encode(value)
+    if len(encoded) > limit:
+        raise ValueError(f"DSN {name} is {len(encoded)} characters encoded; at most {limit}")
+    return encoded
+
+
+def _encoded_envid(envid: str) -> str:
+    if not re.fullmatch(r"[\x20-\x7e]+", envid):
+        raise ValueError(f"DSN envid must be printable ASCII, not {envid!r}")
+    return xtext(envid)
+
+
 def _encoded_orcpt(orcpt: str) -> str:
     """``addr-type;encoded-address`` for ORCPT; rfc822 unless given, or utf-8 when the
     address is not ASCII."""
@@ -100,6 +128,8 @@ def _encoded_orcpt(orcpt: str) -> str:
     if not _ADDRESS_TYPE.fullmatch(kind):
         raise ValueError(f"DSN orcpt address type must be a word such as rfc822, not {kind!r}")
     _check_characters(address, "DSN orcpt")  # a space is fine: it is encoded
+    if not address:
+        raise ValueError(f"DSN orcpt {orcpt!r} has no address")
     if kind.lower() == "utf-8":
         return f"{kind};{utf8_address_xtext(address)}"
     if not address.isascii():
@@ -138,25 +168,9 @@ class DSN:
             if "NEVER" in notify and len(notify) > 1:
                 raise ValueError("DSN notify 'NEVER' cannot be combined with other values")
             object.__setattr__(self, "notify", notify)
-        envid = None
-        if self.envid is not None:
-            if not isinstance(self.envid, str) or not re.fullmatch(r"[\x20-\x7e]+", self.envid):
-                raise ValueError(f"DSN envid must be printable ASCII, not {self.envid!r}")
-            envid = xtext(self.envid)
-            if len(envid) > ENVID_MAX:
-                raise ValueError(
-                    f"DSN envid is {len(envid)} characters encoded; at most {ENVID_MAX}"
-                )
+        envid = _encoded_field("envid", self.envid, _encoded_envid, ENVID_MAX)
         object.__setattr__(self, "encoded_envid", envid)
-        orcpt = None
-        if self.orcpt is not None:
-            if not isinstance(self.orcpt, str):
-                raise TypeError(f"DSN orcpt must be a str, not {type(self.orcpt).__name__}")
-            orcpt = _encoded_orcpt(self.orcpt)
-            if len(orcpt) > ORCPT_MAX:
-                raise ValueError(
-                    f"DSN orcpt is {len(orcpt)} characters encoded; at most {ORCPT_MAX}"
-                )
+        orcpt = _encoded_field("orcpt", self.orcpt, _encoded_orcpt, ORCPT_MAX)
         object.__setattr__(self, "encoded_orcpt", orcpt)
 
 

@@ -33,7 +33,9 @@ _ENHANCED = re.compile(r"^([245])\.(\d{1,3})\.(\d{1,3})(?:\s|$)", re.ASCII)
 #: A SIZE value: ASCII digits only (``str.isdigit`` takes "²"), and few enough of them
 #: that ``int`` cannot refuse it; more than 18 is no limit worth keeping to.
 _SIZE = re.compile(r"[0-9]{1,18}")
-_CONTROL = re.compile(r"[\x00-\x1f\x7f]")
+#: What may not appear in a command line: C0 and C1 controls, DEL, and white space other
+#: than the plain space (a server splitting on any white space would see another word).
+_CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f]|[^\S ]")
 #: Valid reply codes (2xx-5xx) by their three bytes: validation and int() in one lookup.
 _REPLY_CODES = {str(code).encode(): code for code in range(200, 600)}
 _SEPARATORS = (b" ", b"-", b"")
@@ -139,7 +141,7 @@ class Extensions(Mapping[str, str]):
         size = self._items.get("SIZE", "")
         #: Largest message the server accepts, or None when it sets no limit (or no
         #: number a client could check against).
-        self.size = int(size) or None if _SIZE.fullmatch(size) else None
+        self.size = int(size) if _SIZE.fullmatch(size) and int(size) > 0 else None
 
     @classmethod
     def parse(cls, lines: Iterable[str]) -> Extensions:

@@ -43,6 +43,9 @@ hostile = st.one_of(
                 "RCPT TO:<v@x.org>",
                 "é",
                 "\u2028",
+                "\u00a0",
+                "\x85",
+                "\u3000",
             ]
         ),  # fmt: skip
         max_size=8,
@@ -71,6 +74,8 @@ def assert_one_command(wire: bytes, path: bytes, parameters: set[bytes]) -> None
     ``parameters`` (by keyword), however a server splits it into words."""
     assert wire.endswith(b"\r\n") and wire.count(b"\n") == 1 and wire.count(b"\r") == 1
     assert b"\x00" not in wire
+    text = wire[:-2].decode("utf-8")  # no white space but the plain space, no C1 control
+    assert not any(c.isspace() and c != " " or "\x80" <= c <= "\x9f" for c in text), wire
     verb, argument, *rest = WORD.findall(wire[:-2])
     assert verb in (b"MAIL", b"RCPT") and argument in (
         b"FROM:<" + path + b">",
@@ -83,6 +88,8 @@ def assert_one_command(wire: bytes, path: bytes, parameters: set[bytes]) -> None
 @settings(max_examples=300)
 @given(sender=hostile, recipient=hostile)
 @example(sender="a b@c.org NOTIFY=NEVER", recipient="d@x.org")
+@example(sender="a@x.org", recipient="b@x.org\u2028NOTIFY=NEVER")  # aiosmtpd dropped the U+2028
+@example(sender="a@x.org", recipient='"a\u3000b"@x.org')
 def test_an_address_is_one_token_or_refused(sender: str, recipient: str) -> None:
     try:
         envelope = Envelope(sender, recipient)
@@ -107,8 +114,10 @@ def test_dsn_values_are_encoded_or_refused(envid: str, orcpt: str) -> None:
     except (ValueError, TypeError):
         return
     p = ready("PIPELINING", "DSN")
-    assert_one_command(p.mail("a@x.org", dsn=dsn), b"a@x.org", {b"RET", b"ENVID"})
-    assert_one_command(p.rcpt("b@x.org", dsn=dsn), b"b@x.org", {b"NOTIFY", b"ORCPT"})
+    mail = {b"RET"} | ({b"ENVID"} if envid else set())  # an empty value is not requested
+    rcpt = {b"NOTIFY"} | ({b"ORCPT"} if orcpt else set())
+    assert_one_command(p.mail("a@x.org", dsn=dsn), b"a@x.org", mail)
+    assert_one_command(p.rcpt("b@x.org", dsn=dsn), b"b@x.org", rcpt)
 
 
 @given(name=hostile)
@@ -140,6 +149,15 @@ def test_an_orcpt_that_would_add_a_parameter(orcpt: str) -> None:
     wire = p.rcpt("b@x.org", dsn=dsn)
     assert_one_command(wire, b"b@x.org", {b"ORCPT"})
     assert b"NOTIFY" not in wire.replace(b"+20NOTIFY", b"")
+
+
+def test_empty_dsn_values_are_not_requested_and_wrong_types_refused_alike() -> None:
+    assert DSN(envid="", orcpt="").encoded_envid is DSN(orcpt="").encoded_orcpt is None
+    with pytest.raises(ValueError, match="no address"):
+        DSN(orcpt="rfc822;")
+    for field in ("envid", "orcpt"):
+        with pytest.raises(TypeError, match=f"DSN {field} must be a str"):
+            DSN(**{field: 7})  # type: ignore[arg-type]
 
 
 def test_orcpt_and_envid_are_xtext_and_checked() -> None:
