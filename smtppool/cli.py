@@ -14,11 +14,11 @@ import getpass
 import json
 import mailbox
 import os
-import re
 import ssl
 import sys
 import threading
 import time
+import unicodedata
 import urllib.parse
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
@@ -40,15 +40,20 @@ EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_INTERRUPTED = 0, 1, 2, 130
 
 # -- output ------------------------------------------------------------------------------
 
-#: What a terminal would act on rather than show: C0 controls but tab and line feed,
-#: DEL, C1 controls (``\x9b`` is a one-byte CSI) and the bidirectional overrides.
-_TERMINAL_CONTROLS = re.compile("[\x00-\x08\x0b-\x1f\x7f-\x9f\u202a-\u202e\u2066-\u2069]")
-
 
 def printable(text: str) -> str:
-    """``text`` with every terminal control escaped (``\\x1b``, ``\\u202e``): what a
-    server or a message says is shown, never obeyed.  CRLF line ends become LF."""
-    return _TERMINAL_CONTROLS.sub(lambda m: ascii(m[0])[1:-1], text.replace("\r\n", "\n"))
+    """``text`` with everything a terminal would act on rather than show escaped
+    (``\\x1b``, ``\\u202e``): C0 and C1 controls but tab and line feed, format characters
+    (bidirectional overrides and marks) and line and paragraph separators.  What a server
+    or a message says is shown, never obeyed.  CRLF line ends become LF."""
+    return "".join(
+        ascii(c)[1:-1] if c not in "\t\n" and unicodedata.category(c) in _UNSAFE else c
+        for c in text.replace("\r\n", "\n")
+    )
+
+
+#: Unicode categories printable() escapes: controls, format, line and paragraph separators.
+_UNSAFE = frozenset({"Cc", "Cf", "Zl", "Zp"})
 
 
 def _print(text: str, *, file: TextIO | None = None, flush: bool = False) -> None:
@@ -157,8 +162,9 @@ def _add_server_arguments(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--require-tls", action="store_true", default=None)
     group.add_argument("--ignore-tls", action="store_true", default=None)
     group.add_argument("--user", help="login name ($SMTPPOOL_PASSWORD holds the password)")
-    group.add_argument("--password", help="the password (visible to other users; see above)")
-    group.add_argument(
+    secret = group.add_mutually_exclusive_group()
+    secret.add_argument("--password", help="the password (visible to other users; see above)")
+    secret.add_argument(
         "--password-file", metavar="PATH", help="read the password from this file's first line"
     )
     group.add_argument("--cafile", help="trust these CA certificates instead of the system's")
@@ -171,10 +177,15 @@ def _options(args: argparse.Namespace, **extra: Any) -> Options:
     for name in ("service", "host", "port", "secure", "require_tls", "ignore_tls"):
         if getattr(args, name) is not None:
             settings[name] = getattr(args, name)
-    if args.user:
-        settings["auth"] = (args.user, _password(args))
-    if args.url and urllib.parse.urlsplit(args.url).password:
+    parts = urllib.parse.urlsplit(url or "")
+    if args.url and parts.password is not None:
         _warn_password_in_argv("--url")
+    user = args.user or urllib.parse.unquote(parts.username or "")
+    if user:
+        in_url = urllib.parse.unquote(parts.password) if parts.password is not None else None
+        settings["auth"] = (user, _password(args, user, in_url))
+    elif args.password is not None or args.password_file:
+        raise ValueError("a password needs a user: --user, or one in the URL")
     if args.cafile:
         settings["tls"] = {"cafile": args.cafile}
     if args.timeout:
@@ -188,9 +199,9 @@ def _options(args: argparse.Namespace, **extra: Any) -> Options:
     return Options.from_settings(url=url, **settings)
 
 
-def _password(args: argparse.Namespace) -> str:
-    """The password for ``--user``: from --password (with a warning), --password-file,
-    $SMTPPOOL_PASSWORD, or asked on the terminal.
+def _password(args: argparse.Namespace, user: str, in_url: str | None) -> str:
+    """The password for ``user``: from --password (with a warning), --password-file,
+    the URL, $SMTPPOOL_PASSWORD, or asked on the terminal, in that order.
 
     :raises ValueError: none of them, and no terminal to ask.
     """
@@ -200,13 +211,13 @@ def _password(args: argparse.Namespace) -> str:
     if args.password_file:
         with open(args.password_file, encoding="utf-8") as file:
             return file.readline().rstrip("\r\n")
+    if in_url is not None:
+        return in_url
     if "SMTPPOOL_PASSWORD" in os.environ:
         return os.environ["SMTPPOOL_PASSWORD"]
     if not sys.stdin.isatty():
-        raise ValueError(
-            f"no password for {args.user}: set $SMTPPOOL_PASSWORD or use --password-file"
-        )
-    return getpass.getpass(f"password for {args.user}: ")
+        raise ValueError(f"no password for {user}: set $SMTPPOOL_PASSWORD or use --password-file")
+    return getpass.getpass(f"password for {user}: ")
 
 
 def _warn_password_in_argv(option: str) -> None:

@@ -344,6 +344,7 @@ def test_server_text_is_shown_escaped_never_obeyed(
 def test_printable_keeps_text_and_line_breaks() -> None:
     assert printable("héllo\tworld\r\nnext\n") == "héllo\tworld\nnext\n"
     assert printable("a\rb\x00c\x7f") == "a\\rb\\x00c\\x7f"
+    assert printable("x\u200ey\u2028z") == "x\\u200ey\\u2028z"  # a mark, a line separator
 
 
 def login_args(sink: Sink, cafile: Path, *extra: str) -> list[str]:
@@ -414,3 +415,25 @@ def test_help_tells_where_a_password_can_come_from(capsys: pytest.CaptureFixture
     assert main(["verify", "--help"]) == 0
     text = " ".join(capsys.readouterr().out.split())
     assert "$SMTPPOOL_PASSWORD" in text and "--password-file" in text and "shows in ps" in text
+
+
+def test_a_user_in_the_url_gets_its_password_like_one_from_user(
+    tls_sink: tuple[Sink, Path], capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """``--url smtp://u@host`` logged in with an empty password, whatever
+    $SMTPPOOL_PASSWORD said; a --password without any user was dropped in silence."""
+    sink, cafile = tls_sink
+    url = f"smtp://u@localhost:{sink.port}/"
+    monkeypatch.setenv("SMTPPOOL_PASSWORD", "pw")
+    assert main(["verify", "--url", url, "--cafile", str(cafile)]) == 0
+    assert sink.auth_attempts[-1] == ("CRAM-MD5", "u", True)
+    monkeypatch.delenv("SMTPPOOL_PASSWORD")
+    monkeypatch.setattr("sys.stdin.isatty", lambda: False)
+    assert main(["verify", "--url", url, "--cafile", str(cafile)]) == 1
+    assert "no password for u" in capsys.readouterr().err
+    args = ["verify", "--host", "localhost", "--port", str(sink.port), "--password", "pw"]
+    assert main(args) == 1
+    assert "a password needs a user" in capsys.readouterr().err
+    both = [*args[:-2], "--user", "u", "--password", "pw", "--password-file", "f"]
+    assert main(both) == 2  # argparse: not allowed together
+    assert "not allowed with argument" in capsys.readouterr().err
