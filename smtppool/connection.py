@@ -336,13 +336,19 @@ class SMTPConnection:
             except ssl.SSLError as exc:  # raw handshake errors and our TLSError alike
                 # A handshake that failed after STARTTLS was accepted: opportunistic_tls
                 # means the caller prefers plaintext to no mail, so dial again without it.
+                after_starttls = not opts.secure and self.tls_mode is None
                 if not (
                     opts.opportunistic_tls
-                    and not opts.secure
-                    and self.tls_mode is None
+                    and after_starttls
                     and self._given_sock is None
                     and self._protocol.state == State.HELLO
                 ):
+                    if after_starttls and not isinstance(exc, TLSError):  # the handshake
+                        raise TLSError(
+                            f"TLS failure in STARTTLS: {exc} (trust the server's certificate "
+                            "with tls={'cafile': ...}, or allow a plaintext retry with "
+                            "opportunistic_tls=True)"
+                        ) from exc
                     raise
                 self.close()
                 self._open_session(starttls=False)

@@ -394,6 +394,8 @@ class SMTPPool:
         connection = SMTPConnection(options=self.options)
         try:
             connection.connect()
+            with self._lock:
+                self._counts["tls_fallbacks"] += connection.tls_fallback is not None
             connection.login()
         finally:
             connection.quit()

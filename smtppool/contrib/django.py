@@ -99,9 +99,10 @@ class EmailBackend(django_smtp.EmailBackend):  # type: ignore[misc]
     """Drop-in for ``django.core.mail.backends.smtp.EmailBackend`` backed by a shared pool.
 
     Differences from Django's backend, all on the side of safety: when ``use_tls`` is
-    off, STARTTLS is still used if the server offers it (falling back to plaintext if the
-    handshake fails); credentials are not sent unencrypted to a non-loopback host unless
-    ``allow_plaintext_auth`` is set.
+    off, STARTTLS is still used if the server offers it, and a failed handshake is a
+    ``TLSError`` (``"opportunistic_tls": True`` among the pool options falls back to
+    plaintext instead, logged and counted); credentials are not sent unencrypted to a
+    non-loopback host unless ``allow_plaintext_auth`` is set.
     """
 
     connection: SMTPPool | None
