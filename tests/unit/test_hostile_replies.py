@@ -44,10 +44,7 @@ def awaiting_envelope() -> SMTPProtocol:
 
 
 def awaiting_end_of_data() -> SMTPProtocol:
-    p = ready(SMTPProtocol())
-    p.mail("a@x.org")
-    p.rcpt("b@x.org")
-    p.data()
+    p = awaiting_envelope()
     p.receive_data(b"250 ok\r\n250 ok\r\n354 go\r\n")
     while p.next_reply() is not None:
         pass
