@@ -3,8 +3,11 @@
 :class:`Sink` runs an ``aiosmtpd`` server on its own event-loop thread on a loopback
 port (port 0 picks a free one) and records every message it accepts.  Beyond what
 aiosmtpd does it can advertise and honour PIPELINING, DSN and CHUNKING (BDAT), check
-CRAM-MD5 and XOAUTH2 logins, and refuse chosen recipients, so clients can be exercised
-against a real server.  aiosmtpd is imported only when a sink starts.
+CRAM-MD5 and XOAUTH2 logins (over plaintext too: it is a development server on
+loopback), and refuse chosen recipients, so clients can be exercised against a real
+server.  Its memory stays bounded: a BDAT chunk over the size limit is refused before it
+is read, connections are capped, and ``keep_messages=False`` keeps nothing once
+``on_message`` has it.  aiosmtpd is imported only when a sink is made.
 """
 
 from __future__ import annotations
@@ -15,7 +18,9 @@ import binascii
 import functools
 import hashlib
 import hmac
+import inspect
 import json
+import re
 import secrets
 import socket
 import ssl
@@ -25,9 +30,15 @@ from collections.abc import Callable, Collection, Mapping
 from dataclasses import dataclass
 from typing import Any
 
+from .envelope import Envelope
+
 __all__ = ["ReceivedMessage", "Sink"]
 
 _DSN_PARAMS = ("RET", "ENVID", "NOTIFY", "ORCPT")
+#: A BDAT chunk size: ASCII digits, few enough for int().
+_CHUNK_SIZE = re.compile(r"[0-9]{1,18}")
+#: Bytes of a refused BDAT chunk read (and dropped) at a time.
+_DISCARD_PIECE = 64 * 1024
 
 
 @dataclass(frozen=True, slots=True)
@@ -44,6 +55,12 @@ class ReceivedMessage:
     login: str | None  #: the authenticated user, if any
     transfer: str  #: "DATA" or "BDAT"
 
+    @property
+    def envelope(self) -> Envelope:
+        """``mail_from`` and ``rcpt_tos`` as an :class:`~smtppool.Envelope`, as the
+        pytest plugin's messages have it."""
+        return Envelope(self.mail_from, self.rcpt_tos)
+
 
 class Sink:
     """A recording mail server on loopback, run from a background thread.
@@ -55,7 +72,12 @@ class Sink:
     :param extensions: extra keywords to advertise and honour: PIPELINING, DSN, CHUNKING.
     :param reject_recipients: addresses refused at RCPT with ``550 5.1.1``.
     :param on_message: called (on the sink's thread) with each ReceivedMessage.
-    :param smtp_options: passed on to :class:`aiosmtpd.smtp.SMTP` (e.g. ``data_size_limit``).
+    :param keep_messages: keep each message in :attr:`messages` (False: only
+        ``on_message`` sees it, so a long run's memory stays flat).
+    :param max_connections: sessions served at once; the next is greeted with 421.
+    :param smtp_options: passed on to :class:`aiosmtpd.smtp.SMTP` (``data_size_limit``,
+        ``auth_require_tls`` (default False here), ``timeout`` ...); an unknown name is
+        a ``TypeError``.
     """
 
     def __init__(
@@ -71,8 +93,16 @@ class Sink:
         extensions: Collection[str] = (),
         reject_recipients: Collection[str] = (),
         on_message: Callable[[ReceivedMessage], object] | None = None,
+        keep_messages: bool = True,
+        max_connections: int = 100,
         **smtp_options: Any,
     ) -> None:
+        unknown_options = set(smtp_options) - _smtp_option_names()
+        if unknown_options:
+            raise TypeError(
+                f"unknown Sink option(s) {sorted(unknown_options)}; TLS is tls_context= "
+                "(STARTTLS) or ssl_context= (implicit TLS), an ssl.SSLContext"
+            )
         self.host = host
         self.port = port
         self.tls_context = tls_context
@@ -86,10 +116,14 @@ class Sink:
             raise ValueError(f"the sink cannot honour {sorted(unknown)}")
         self.reject_recipients = frozenset(reject_recipients)
         self.on_message = on_message
+        self.keep_messages = keep_messages
+        self.max_connections = max_connections
         self.smtp_options = smtp_options
+        #: Connections greeted with 421 because ``max_connections`` were open.
+        self.connections_refused = 0
         self.messages: list[ReceivedMessage] = []
         #: (mechanism, user, succeeded) for every AUTH attempt.
-        self.auth_attempts: list[tuple[str, str, bool]] = []
+        self.login_attempts: list[tuple[str, str, bool]] = []
         self.connections_opened = 0
         self.max_concurrent = 0
         self._active: set[Any] = set()
@@ -181,7 +215,11 @@ class Sink:
         return _server_class(self.lmtp)(self)
 
     def _opened(self, protocol: Any) -> int:
+        """Number a new session; 0 when ``max_connections`` are open already."""
         with self._lock:
+            if len(self._active) >= self.max_connections:
+                self.connections_refused += 1
+                return 0
             self.connections_opened += 1
             self._active.add(protocol)
             self.max_concurrent = max(self.max_concurrent, len(self._active))
@@ -212,8 +250,9 @@ class Sink:
             return len(self._active)
 
     def _record(self, message: ReceivedMessage) -> None:
-        with self._lock:
-            self.messages.append(message)
+        if self.keep_messages:
+            with self._lock:
+                self.messages.append(message)
         if self.on_message is not None:
             self.on_message(message)
 
@@ -291,15 +330,34 @@ async def _turns(count: int) -> None:
         await asyncio.sleep(0)
 
 
-@functools.lru_cache(maxsize=2)
-def _server_class(lmtp: bool) -> Any:
-    """Build the aiosmtpd server class (imported only now, so the extra stays optional)."""
+def _aiosmtpd() -> Any:
+    """The aiosmtpd.smtp module, imported only now, so the extra stays optional."""
     try:
-        from aiosmtpd.lmtp import LMTP
-        from aiosmtpd.smtp import SMTP, AuthResult, LoginPassword
+        import aiosmtpd.smtp
     except ImportError as exc:
         raise ImportError("the sink needs aiosmtpd: pip install 'smtppool[sink]'") from exc
-    from aiosmtpd.smtp import MISSING
+    return aiosmtpd.smtp
+
+
+@functools.lru_cache(maxsize=1)
+def _smtp_option_names() -> frozenset[str]:
+    """What :class:`aiosmtpd.smtp.SMTP` takes, less what the sink sets itself."""
+    names = set(inspect.signature(_aiosmtpd().SMTP.__init__).parameters)
+    return frozenset(names - {"self", "handler", "loop", "tls_context", "authenticator"})
+
+
+@functools.lru_cache(maxsize=2)
+def _server_class(lmtp: bool) -> Any:
+    """Build the aiosmtpd server class."""
+    _aiosmtpd()  # installed, or a clear ImportError
+    from aiosmtpd.lmtp import LMTP
+    from aiosmtpd.smtp import MISSING, SMTP, AuthResult, LoginPassword, Session
+
+    class SinkSession(Session):
+        """aiosmtpd's session without its deprecation warning: aiosmtpd itself sets
+        ``login_data`` after every successful login."""
+
+        login_data = None
 
     class SinkServer(LMTP if lmtp else SMTP):  # type: ignore[misc]
         def __init__(self, sink: Sink) -> None:
@@ -309,9 +367,8 @@ def _server_class(lmtp: bool) -> Any:
                 "enable_SMTPUTF8": True,
                 "tls_context": sink.tls_context,
                 "authenticator": self._check_login,
+                "auth_require_tls": False,  # a development server: logins over plaintext
             }
-            if sink.ssl_context is not None:
-                options["auth_require_tls"] = False  # the whole session is TLS already
             excluded = set()
             if not sink.credentials:
                 excluded |= {"PLAIN", "LOGIN", "CRAM-MD5"}
@@ -325,9 +382,18 @@ def _server_class(lmtp: bool) -> Any:
         def connection_made(self, transport: Any) -> None:
             if not self.sink_connection:
                 self.sink_connection = self.sink._opened(self)
+                if not self.sink_connection:  # max_connections are open
+                    transport.write(b"421 4.7.0 sink.localhost too many connections\r\n")
+                    transport.close()
+                    return
             super().connection_made(transport)
 
+        def _create_session(self) -> Any:
+            return SinkSession(self.loop)
+
         def connection_lost(self, error: Exception | None) -> None:
+            if not self.sink_connection:  # refused: no session was started
+                return
             self.sink._closed(self)
             super().connection_lost(error)
 
@@ -338,7 +404,7 @@ def _server_class(lmtp: bool) -> Any:
                 data.login.decode(), data.password.decode()
             )
             user = data.login.decode() if isinstance(data, LoginPassword) else "?"
-            self.sink.auth_attempts.append((mechanism, user, ok))
+            self.sink.login_attempts.append((mechanism, user, ok))
             return AuthResult(success=ok, handled=False, auth_data=user if ok else None)
 
         def _getparams(self, params: Any) -> Any:
@@ -355,7 +421,7 @@ def _server_class(lmtp: bool) -> Any:
                 return AuthResult(success=False)
             user, _, digest = answer.decode(errors="replace").rpartition(" ")
             ok = self.sink.check_cram_md5(user, challenge, digest)
-            self.sink.auth_attempts.append(("CRAM-MD5", user, ok))
+            self.sink.login_attempts.append(("CRAM-MD5", user, ok))
             return AuthResult(success=ok, handled=False, auth_data=user if ok else None)
 
         async def auth_XOAUTH2(self, _: Any, args: list[str]) -> Any:
@@ -369,7 +435,7 @@ def _server_class(lmtp: bool) -> Any:
             )
             user, bearer = fields.get("user", "?"), fields.get("auth", "")
             ok = bearer.startswith("Bearer ") and self.sink.check_token(user, bearer[7:])
-            self.sink.auth_attempts.append(("XOAUTH2", user, ok))
+            self.sink.login_attempts.append(("XOAUTH2", user, ok))
             if not ok:  # Gmail's dance: a JSON challenge, an empty answer, then 535
                 await self.challenge_auth(self.sink.xoauth2_error())
             return AuthResult(success=ok, handled=False, auth_data=user if ok else None)
@@ -396,25 +462,29 @@ def _server_class(lmtp: bool) -> Any:
             words = (arg or "").split()
             if (
                 not words
-                or not words[0].isdigit()
+                or not _CHUNK_SIZE.fullmatch(words[0])
                 or len(words) > 2
                 or (len(words) == 2 and words[1].upper() != "LAST")
             ):
                 await self.push("501 5.5.4 Syntax: BDAT size [LAST]")
                 return
-            chunk = await self._reader.readexactly(int(words[0]))
-            envelope = self.envelope
+            size, envelope = int(words[0]), self.envelope
+            received = len(getattr(envelope, "bdat", None) or b"")
+            limit = self.data_size_limit
+            # Refused chunks are read and dropped piece by piece: never held in memory.
             if not envelope.rcpt_tos:
+                await self._discard(size)
                 await self.push("503 5.5.1 Error: need RCPT command")
                 return
-            if getattr(envelope, "bdat", None) is None:
-                envelope.bdat = bytearray()
-            envelope.bdat += chunk
-            limit = self.data_size_limit
-            if limit and len(envelope.bdat) > limit:
+            if limit and received + size > limit:
+                await self._discard(size)
                 await self.push("552 5.3.4 Error: too much mail data")
                 self._set_post_data_state()
                 return
+            chunk = await self._reader.readexactly(size)
+            if getattr(envelope, "bdat", None) is None:
+                envelope.bdat = bytearray()
+            envelope.bdat += chunk
             if len(words) == 1:
                 await self.push(f"250 2.0.0 {len(chunk)} octets received")
                 return
@@ -422,5 +492,10 @@ def _server_class(lmtp: bool) -> Any:
             status = await self._call_handler_hook("DATA")
             await self.push("250 OK" if status is MISSING else status)
             self._set_post_data_state()
+
+        async def _discard(self, size: int) -> None:
+            while size > 0:
+                piece = await self._reader.readexactly(min(size, _DISCARD_PIECE))
+                size -= len(piece)
 
     return SinkServer

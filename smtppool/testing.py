@@ -13,7 +13,8 @@ their envelopes, and ``smtp_sink.url`` ready for :meth:`SMTPPool.from_url`::
         assert sent["Subject"] == "Welcome"
 
 ``smtp_sink_factory(**options)`` starts more sinks with :class:`smtppool.sink.Sink`
-options (TLS, credentials, extensions, refused recipients).  Needs ``aiosmtpd``
+options (TLS contexts, credentials, which it accepts over plaintext loopback too,
+extensions, refused recipients; an unknown option is a ``TypeError``).  Needs ``aiosmtpd``
 (``pip install 'smtppool[sink]'``), imported only when a fixture is used.
 """
 
@@ -42,6 +43,16 @@ class CapturedMessage:
     message: EmailMessage
     raw: bytes
 
+    @property
+    def mail_from(self) -> str:
+        """The envelope sender, as :class:`smtppool.sink.ReceivedMessage` has it."""
+        return self.envelope.mail_from
+
+    @property
+    def rcpt_tos(self) -> tuple[str, ...]:
+        """The envelope recipients, as :class:`smtppool.sink.ReceivedMessage` has them."""
+        return tuple(self.envelope.rcpt_to)
+
     def __getitem__(self, header: str) -> Any:
         """Header access straight through to the message (``captured["Subject"]``)."""
         return self.message[header]
@@ -52,7 +63,7 @@ class CapturedMessage:
         text = received.data.replace(b"\r\n", b"\n")
         parsed = BytesParser(policy=email.policy.default).parsebytes(text)
         assert isinstance(parsed, EmailMessage)
-        return cls(Envelope(received.mail_from, received.rcpt_tos), parsed, received.data)
+        return cls(received.envelope, parsed, received.data)
 
 
 class SinkFixture:

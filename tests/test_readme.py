@@ -97,7 +97,7 @@ def mark_failed(row, *details):
         "sent 2 250",
     ]
     assert app.messages[0].rcpt_tos == ("ann@example.org",)
-    assert app.auth_attempts[-1] == ("CRAM-MD5", "app@example.com", True)  # verify() logged in
+    assert app.login_attempts[-1] == ("CRAM-MD5", "app@example.com", True)  # verify() logged in
     assert sorted(m.rcpt_tos[0] for m in news.messages) == [
         f"reader{i}@example.org" for i in range(3)
     ]

@@ -40,7 +40,7 @@ def test_password_mechanisms(
         auth_method=method,
     ) as conn:
         conn.send(Envelope("alice@x.org", "b@x.org"), b"authenticated\r\n")
-    assert sink.auth_attempts == [(method or "CRAM-MD5", "alice@x.org", True)]
+    assert sink.login_attempts == [(method or "CRAM-MD5", "alice@x.org", True)]
     assert sink.messages[0].login == "alice@x.org"
 
 
@@ -49,10 +49,10 @@ def test_login_is_separate_from_connect(smtpd: SinkFactory, client_tls: dict[str
     conn = SMTPConnection(host="localhost", port=sink.port, tls=client_tls)
     conn.connect()
     conn.login()  # no auth configured: counts as authenticated, sends nothing
-    assert sink.auth_attempts == []
+    assert sink.login_attempts == []
     conn.login(("alice@x.org", "correct horse"))
     conn.quit()
-    assert sink.auth_attempts == [("CRAM-MD5", "alice@x.org", True)]
+    assert sink.login_attempts == [("CRAM-MD5", "alice@x.org", True)]
 
 
 @pytest.mark.parametrize("method", ["PLAIN", "LOGIN", "CRAM-MD5"])
@@ -71,12 +71,12 @@ def test_wrong_password(smtpd: SinkFactory, client_tls: dict[str, Any], method: 
     assert info.value.response_code == 535 and not info.value.temporary
     assert "wrong" not in str(info.value) and "wrong" not in repr(info.value)
     assert info.value.command is not None and "****" in info.value.command
-    assert len(sink.auth_attempts) == 1  # never silently retried with another method
+    assert len(sink.login_attempts) == 1  # never silently retried with another method
     conn.quit()
 
 
 def test_no_auth_offered_before_tls(smtpd: SinkFactory) -> None:
-    sink = smtpd(tls="starttls", credentials=USERS)
+    sink = smtpd(tls="starttls", credentials=USERS, auth_require_tls=True)
     conn = SMTPConnection(
         host="127.0.0.1", port=sink.port, ignore_tls=True, auth=("alice@x.org", "correct horse")
     )
@@ -93,7 +93,7 @@ def test_plaintext_auth_to_loopback_is_allowed(smtpd: SinkFactory) -> None:
     sink = smtpd(credentials=USERS, auth_require_tls=False)
     with SMTPConnection(host="127.0.0.1", port=sink.port, auth=("alice@x.org", "correct horse")):
         pass
-    assert sink.auth_attempts == [("CRAM-MD5", "alice@x.org", True)]
+    assert sink.login_attempts == [("CRAM-MD5", "alice@x.org", True)]
 
 
 @pytest.mark.parametrize("allow", [False, True])
@@ -223,7 +223,7 @@ def test_static_access_token(smtpd: SinkFactory, client_tls: dict[str, Any]) -> 
         auth=OAuth2(user="me@x.org", access_token="static"),
     ):
         pass
-    assert sink.auth_attempts == [("XOAUTH2", "me@x.org", True)]
+    assert sink.login_attempts == [("XOAUTH2", "me@x.org", True)]
 
 
 def test_xoauth2_credentials_can_come_at_login(
@@ -238,7 +238,7 @@ def test_xoauth2_credentials_can_come_at_login(
         with pytest.raises(ValueError, match="XOAUTH2 needs auth=smtppool.OAuth2"):
             conn.login(auth=("me@x.org", "password"))
         conn.login(auth=OAuth2(user="me@x.org", access_token="static"))
-    assert sink.auth_attempts == [("XOAUTH2", "me@x.org", True)]
+    assert sink.login_attempts == [("XOAUTH2", "me@x.org", True)]
 
 
 def test_expired_token_is_refreshed_and_stored(
@@ -262,7 +262,7 @@ def test_expired_token_is_refreshed_and_stored(
     assert token_endpoint.requests[0]["refresh_token"] == "refresh-1"
     assert token_endpoint.requests[0]["client_id"] == "cid"
     assert [t["access_token"] for t in stored] == ["token-1"]
-    assert sink.auth_attempts == [("XOAUTH2", "me@x.org", True)]  # the stale one never sent
+    assert sink.login_attempts == [("XOAUTH2", "me@x.org", True)]  # the stale one never sent
 
 
 def test_rejected_token_is_refreshed_and_retried_exactly_once(
@@ -272,7 +272,7 @@ def test_rejected_token_is_refreshed_and_retried_exactly_once(
     auth = revoked_token(token_endpoint)
     with SMTPConnection(host="localhost", port=sink.port, tls=client_tls, auth=auth):
         pass
-    assert sink.auth_attempts == [("XOAUTH2", "me@x.org", False), ("XOAUTH2", "me@x.org", True)]
+    assert sink.login_attempts == [("XOAUTH2", "me@x.org", False), ("XOAUTH2", "me@x.org", True)]
     assert token_endpoint.issued == 1
 
 
@@ -286,7 +286,7 @@ def test_token_rejected_twice_raises(
     with pytest.raises(AuthenticationError, match="AUTH XOAUTH2 failed") as info:
         conn.login()
     assert info.value.response_code == 535
-    assert len(sink.auth_attempts) == 2 and token_endpoint.issued == 1
+    assert len(sink.login_attempts) == 2 and token_endpoint.issued == 1
     conn.close()
 
 
@@ -395,7 +395,7 @@ def test_no_secret_reaches_a_log_record_an_error_or_a_repr(
         host="localhost", port=sink.port, tls=client_tls, transaction_log=True, auth=oauth
     ) as conn:
         texts += [repr(conn), repr(conn.options), repr(oauth)]
-    assert sink.auth_attempts[-2:] == [
+    assert sink.login_attempts[-2:] == [
         ("XOAUTH2", "me@x.org", False),
         ("XOAUTH2", "me@x.org", True),
     ]

@@ -394,7 +394,7 @@ def test_a_password_from_a_file_the_environment_or_the_terminal(
     assert prompts == ["password for u: "]
     out, err = capsys.readouterr()
     assert out.count("ok as u") == 3 and "warning" not in err
-    assert sink.auth_attempts[-3:] == [("CRAM-MD5", "u", True)] * 3
+    assert sink.login_attempts[-3:] == [("CRAM-MD5", "u", True)] * 3
 
 
 def test_no_password_and_no_terminal_is_an_error_not_an_empty_password(
@@ -408,7 +408,7 @@ def test_no_password_and_no_terminal_is_an_error_not_an_empty_password(
         "no password for u: set $SMTPPOOL_PASSWORD or use --password-file"
         in capsys.readouterr().err
     )
-    assert sink.auth_attempts == []
+    assert sink.login_attempts == []
 
 
 def test_help_tells_where_a_password_can_come_from(capsys: pytest.CaptureFixture[str]) -> None:

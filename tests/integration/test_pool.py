@@ -298,7 +298,7 @@ def test_verify(
 ) -> None:
     sink = smtpd(tls="starttls", credentials={"u": "p"})
     assert make_pool(sink, host="localhost", tls=client_tls, auth=("u", "p")).verify() is True
-    assert sink.auth_attempts[-1] == ("CRAM-MD5", "u", True)
+    assert sink.login_attempts[-1] == ("CRAM-MD5", "u", True)
     wait_until(lambda: sink.active_connections == 0)  # the sink sees the QUIT asynchronously
     assert sink.active_connections == 0  # verify() used, and released, its own connection
     with pytest.raises(AuthenticationError) as info:
@@ -627,7 +627,7 @@ def test_from_url_sends(smtpd: SinkFactory) -> None:
         assert (pool.options.max_connections, pool.options.socket_timeout) == (2, 5.0)
         assert pool.options.max_messages == 7
         pool.send(RAW)
-    assert sink.auth_attempts == [("CRAM-MD5", "u@x.org", True)] and len(sink.messages) == 1
+    assert sink.login_attempts == [("CRAM-MD5", "u@x.org", True)] and len(sink.messages) == 1
 
 
 def test_queued_messages_are_pipelined_behind_each_other(
