@@ -133,6 +133,7 @@ class Options:
     logger: logging.Logger | None = None
     debug: bool = False
     transaction_log: bool = False
+    add_missing_headers: bool = True
 
     def __repr__(self) -> str:
         """Every setting, secrets masked: the password (in ``Credentials``), OAuth2 tokens

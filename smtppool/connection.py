@@ -25,7 +25,7 @@ from typing import Any, NoReturn
 
 from .auth import Credentials, choose_mechanism, make_mechanism
 from .config import Options, make_ssl_context, normalise_auth
-from .envelope import Envelope, SendResult
+from .envelope import Envelope, SendResult, ascii_address
 from .errors import (
     AuthenticationError,
     ConnectError,
@@ -132,6 +132,8 @@ class SMTPConnection:
         self._trace = options.transaction_log or options.debug
         #: "implicit" or "STARTTLS" once TLS is up, else None.
         self.tls_mode: str | None = None
+        #: The addresses the last dial tried, in order (a name may resolve to several).
+        self._addresses_tried: list[str] = []
         #: Why the session went on without TLS although the server offered STARTTLS
         #: (``opportunistic_tls`` only), else None.
         self.tls_fallback: str | None = None
@@ -329,6 +331,18 @@ class SMTPConnection:
         """
         if self._sock is not None:
             raise ValueError("already connected")
+        try:
+            self._connect()
+        except SMTPError as exc:  # every connect-stage error says where it happened
+            where = f"{self.options.host}:{self.options.port}"
+            tried = [a for a in self._addresses_tried if a != where]
+            if tried:
+                where += f" (tried {', '.join(tried)})"
+            if not exc.message.startswith(where):
+                exc.message = f"{where}: {exc.message}"
+            raise
+
+    def _connect(self) -> None:
         opts = self.options
         with self._guard("connecting"):
             try:
@@ -397,7 +411,10 @@ class SMTPConnection:
         """Connect to each resolved address in turn until one answers."""
         opts = self.options
         last_error: OSError | None = None
+        self._addresses_tried.clear()
         for family, kind, proto, _, address in self._resolve(deadline):
+            ip, port = address[0], address[1]
+            self._addresses_tried.append(f"[{ip}]:{port}" if ":" in ip else f"{ip}:{port}")
             sock = socket.socket(family, kind, proto)
             try:
                 if opts.local_address:
@@ -571,7 +588,7 @@ class SMTPConnection:
             that happened after the end of the data and before the reply.
         """
         env = Envelope.coerce(envelope)
-        source = prepare_message(message, international=env.is_international)
+        source = self._prepare(message, env)
         with self._guard("sending a message"):
             self._require(State.READY)
             result = self._transaction(env, source)
@@ -585,6 +602,13 @@ class SMTPConnection:
         )
         return result
 
+    def _prepare(self, message: MessageInput, env: Envelope) -> MessageSource:
+        return prepare_message(
+            message,
+            international=env.is_international,
+            add_missing_headers=self.options.add_missing_headers,
+        )
+
     def _mail_command(self, env: Envelope, source: MessageSource) -> bytes:
         """MAIL FROM with its parameters, after the checks that need no round trip.
 
@@ -594,12 +618,16 @@ class SMTPConnection:
         ext = self.extensions
         smtputf8 = env.is_international
         if smtputf8 and "SMTPUTF8" not in ext:
-            raise EnvelopeError("an address is not ASCII and the server does not offer SMTPUTF8")
+            needy = [a for a in (env.mail_from, *env.rcpt_to) if ascii_address(a) is None]
+            raise EnvelopeError(
+                f"{', '.join(f'<{a}>' for a in needy)}: not ASCII (a local part, or a domain "
+                "with no IDNA form), and the server does not offer SMTPUTF8"
+            )
         size = env.size if env.size is not None else source.size
         if size is not None and ext.size is not None and size > ext.size:
             raise MessageError(f"message is {size} bytes; the server accepts at most {ext.size}")
         return self._protocol.mail(
-            env.mail_from,
+            env.wire_mail_from,
             size=size,
             smtputf8=smtputf8,
             dsn=env.dsn,
@@ -612,7 +640,7 @@ class SMTPConnection:
         mail = self._mail_command(env, source)
         n = len(env.rcpt_to)
         if pipelining:
-            batch = [mail, *(p.rcpt(r, dsn=env.dsn) for r in env.rcpt_to)]
+            batch = [mail, *(p.rcpt(r, dsn=env.dsn) for r in env.wire_rcpt_to)]
             if chunking:  # MAIL, RCPT and the whole message: one round trip
                 return self._send_in_one_flight(env, batch, source.chunks)
             batch.append(p.data())
@@ -621,7 +649,7 @@ class SMTPConnection:
         else:
             replies = [self._command(mail)]
             if replies[0].is_positive:
-                replies += [self._command(p.rcpt(r, dsn=env.dsn)) for r in env.rcpt_to]
+                replies += [self._command(p.rcpt(r, dsn=env.dsn)) for r in env.wire_rcpt_to]
         mail_reply, rcpt_replies = replies[0], replies[1 : n + 1]
         data_reply = replies[n + 1] if len(replies) > n + 1 else None
         accepted, rejected, errors, responses, failure = self._judge_envelope(
@@ -859,10 +887,10 @@ class SMTPConnection:
     ) -> tuple[Envelope, MessageSource, bytes]:
         """The envelope, content source and MAIL/RCPT/DATA bytes for the next message."""
         env = Envelope.coerce(item[0])
-        source = prepare_message(item[1], international=env.is_international)
+        source = self._prepare(item[1], env)
         p, dsn = self._protocol, env.dsn
         commands = [self._mail_command(env, source)]
-        for recipient in env.rcpt_to:
+        for recipient in env.wire_rcpt_to:
             commands.append(p.rcpt(recipient, dsn=dsn))
         commands.append(p.data())
         return env, source, b"".join(commands)

@@ -24,6 +24,7 @@ __all__ = [
     "DSN",
     "Envelope",
     "SendResult",
+    "ascii_address",
     "check_address",
     "envelope_from_message",
     "pair_with_envelope",
@@ -76,6 +77,22 @@ def _check_characters(address: object, what: str) -> str:
     if address != address.strip():
         raise ValueError(f"{what} {address!r} has leading or trailing white space")
     return address
+
+
+def ascii_address(address: str) -> str | None:
+    """``address`` with its domain in IDNA A-label form, or None when it cannot be ASCII
+    (a local part that is not ASCII, or a domain IDNA cannot encode without loss)."""
+    if address.isascii():
+        return address
+    local, at, domain = address.rpartition("@")
+    if not at or not local.isascii():
+        return None
+    try:
+        a_label = domain.encode("idna").decode("ascii")
+        lossless = a_label.encode("ascii").decode("idna") == domain.casefold()
+    except UnicodeError:
+        return None
+    return f"{local}@{a_label}" if lossless else None
 
 
 def xtext(value: str) -> str:
@@ -198,8 +215,14 @@ class Envelope:
     size: int | None = None
     use_8bit_mime: bool = False
     dsn: DSN | None = None
-    #: True when an address needs SMTPUTF8 (RFC 6531); computed from the addresses.
+    #: True when an address needs SMTPUTF8 (RFC 6531): a local part that is not ASCII,
+    #: or a domain with no lossless IDNA form; computed from the addresses.
     is_international: bool = field(init=False, repr=False, compare=False)
+    #: The sender and recipients as they go on the wire: internationalised domains in
+    #: their IDNA A-label form (``bücher.example`` -> ``xn--bcher-kva.example``) unless
+    #: the envelope needs SMTPUTF8 anyway; computed.
+    wire_mail_from: str = field(init=False, repr=False, compare=False)
+    wire_rcpt_to: tuple[str, ...] = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
         check_address(self.mail_from, "sender")
@@ -207,8 +230,13 @@ class Envelope:
         if not recipients:
             raise ValueError("an envelope needs at least one recipient")
         object.__setattr__(self, "rcpt_to", recipients)
-        international = not (self.mail_from.isascii() and all(r.isascii() for r in recipients))
+        ascii_forms = [ascii_address(a) for a in (self.mail_from, *recipients)]
+        international = None in ascii_forms
         object.__setattr__(self, "is_international", international)
+        given = [self.mail_from, *recipients]
+        wire = given if international else [a for a in ascii_forms if a is not None]
+        object.__setattr__(self, "wire_mail_from", wire[0])
+        object.__setattr__(self, "wire_rcpt_to", tuple(wire[1:]))
         if self.size is not None and (not isinstance(self.size, int) or self.size < 0):
             raise ValueError(f"envelope size must be a non-negative int, not {self.size!r}")
         if self.dsn is not None and not isinstance(self.dsn, DSN):

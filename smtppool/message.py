@@ -10,6 +10,7 @@ ever reading a file whole.  Pure functions; no sockets, threads or clocks.
 from __future__ import annotations
 
 import copy
+import email.utils
 import io
 import os
 import re
@@ -100,15 +101,35 @@ class MessageSource:
     eight_bit: bool  #: content known to contain bytes above 0x7f
 
 
-def flatten_message(message: Message, *, international: bool = False) -> bytes:
-    """Serialise like :meth:`smtplib.SMTP.send_message`: CRLF, Bcc and Resent-Bcc removed."""
+def flatten_message(
+    message: Message, *, international: bool = False, add_missing_headers: bool = True
+) -> bytes:
+    """Serialise like :meth:`smtplib.SMTP.send_message`: CRLF, Bcc and Resent-Bcc removed,
+    and, with ``add_missing_headers``, ``Date`` and ``Message-ID`` added when missing (as
+    Django, Flask-Mail and Nodemailer do).  The caller's message is left as it was."""
     message = copy.copy(message)
-    del message["Bcc"]
+    del message["Bcc"]  # each del gives the copy a header list of its own
     del message["Resent-Bcc"]
+    if add_missing_headers:
+        if message["Date"] is None:
+            message["Date"] = email.utils.formatdate(localtime=True)
+        if message["Message-ID"] is None:
+            message["Message-ID"] = email.utils.make_msgid(domain=_sender_domain(message))
     policy = message.policy.clone(utf8=True) if international else message.policy  # type: ignore[call-arg]
     buffer = io.BytesIO()
     BytesGenerator(buffer, policy=policy).flatten(message, linesep="\r\n")
     return buffer.getvalue()
+
+
+def _sender_domain(message: Message) -> str:
+    """The From domain, in ASCII, for a Message-ID (``make_msgid`` would otherwise look
+    up this host's name)."""
+    address = email.utils.parseaddr(str(message["From"] or ""))[1]
+    domain = address.rpartition("@")[2]
+    try:
+        return domain.encode("idna").decode("ascii") if domain else "smtppool.invalid"
+    except UnicodeError:
+        return "smtppool.invalid"
 
 
 def strip_bcc(raw: bytes) -> bytes:
@@ -161,14 +182,22 @@ def _remaining_file_size(file: Any) -> int | None:
 
 
 def prepare_message(
-    message: MessageInput, *, international: bool = False, chunk_size: int = CHUNK_BYTES
+    message: MessageInput,
+    *,
+    international: bool = False,
+    add_missing_headers: bool = True,
+    chunk_size: int = CHUNK_BYTES,
 ) -> MessageSource:
     """Describe ``message`` as a stream of chunks, reading nothing that is not in memory.
+    Only a :class:`~email.message.Message` gets missing headers added; bytes, text,
+    files and iterables go as they are.
 
     :raises TypeError: an unsupported message type, or a file opened in text mode.
     """
     if isinstance(message, Message):
-        message = flatten_message(message, international=international)
+        message = flatten_message(
+            message, international=international, add_missing_headers=add_missing_headers
+        )
     elif isinstance(message, str):
         message = message.encode("utf-8")
     if isinstance(message, (bytes, bytearray, memoryview)):

@@ -54,6 +54,7 @@ POOL_OPTIONS = frozenset(
         "opportunistic_tls",
         "tls",
         "transaction_log",
+        "add_missing_headers",
         "debug",
         "logger",
     }

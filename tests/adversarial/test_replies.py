@@ -2,22 +2,25 @@
 
 from __future__ import annotations
 
+import socket
 from collections.abc import Callable
 
 import pytest
 
-from smtppool import ConnectError, Envelope, ProtocolError, SMTPConnection
+from smtppool import ConnectError, Envelope, ProtocolError, SMTPConnection, SMTPError
 
 from ..servers import (
     ScriptedServer,
     Step,
     client_for,
+    close,
     expect,
     expect_data,
     expect_eof,
     hello,
     send,
     send_repeated,
+    sleep,
 )
 
 Scripted = Callable[..., ScriptedServer]
@@ -129,3 +132,30 @@ def test_a_hostile_size_is_no_limit_not_a_crash(scripted: Scripted, size: str) -
         assert conn.extensions.size is None
         result = conn.send(Envelope("a@x.org", "b@x.org"), b"hi\r\n")
     assert result.response == "250 queued"
+
+
+def _closed_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return int(probe.getsockname()[1])
+
+
+@pytest.mark.parametrize("case", ["refused", "greeting timeout", "554 greeting", "closed"])
+def test_every_connect_error_names_host_and_port(scripted: Scripted, case: str) -> None:
+    """``Connection refused`` and the greeting timeout said nothing of where."""
+    if case == "refused":
+        host, port = "localhost", _closed_port()
+    else:
+        steps = {
+            "greeting timeout": [sleep(2)],
+            "554 greeting": [send(b"554 5.7.1 no SMTP service here\r\n")],
+            "closed": [close()],
+        }[case]
+        server = scripted(steps)
+        host, port = server.host, server.port
+    conn = SMTPConnection(host=host, port=port, greeting_timeout=0.3, socket_timeout=0.3)
+    with pytest.raises(SMTPError) as info:
+        conn.connect()
+    assert info.value.message.startswith(f"{host}:{port}"), info.value.message
+    if case == "refused":  # a name: the address it resolved to is named too
+        assert f"(tried 127.0.0.1:{port}" in info.value.message or "[::1]" in info.value.message

@@ -57,6 +57,10 @@ def test_send_from_a_view(smtpd: SinkFactory) -> None:
     assert all(m.mail_from == "app@x.org" for m in sink.messages)
     assert b"From: App <app@x.org>" in sink.messages[0].data
     assert sink.connections_opened == 1  # a warm connection served every request
+    for received in sink.messages:  # added, as Flask-Mail does; exactly once
+        headers = received.data.split(b"\r\n\r\n")[0]
+        assert headers.count(b"\r\nDate: ") == headers.count(b"\r\nMessage-ID: <") == 1
+    assert len({m.data.split(b"Message-ID: ")[1][:40] for m in sink.messages}) == 5
 
 
 def test_init_app_factory_pattern_and_separate_pools(smtpd: SinkFactory) -> None:

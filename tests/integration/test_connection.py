@@ -419,3 +419,22 @@ def test_local_address(smtpd: SinkFactory) -> None:
     with SMTPConnection(host="127.0.0.1", port=sink.port, local_address="127.0.0.2") as conn:
         conn.send(Envelope("a@x.org", "b@x.org"), b"from 127.0.0.2\r\n")
     assert len(sink.messages) == 1
+
+
+def test_an_idn_domain_goes_in_a_label_form_to_a_server_without_smtputf8(
+    smtpd: SinkFactory,
+) -> None:
+    """Only a non-ASCII local part needs SMTPUTF8: an internationalised domain converts
+    losslessly to its IDNA A-label.  It used to be refused, and the error named no
+    address."""
+    sink = smtpd(enable_SMTPUTF8=False)
+    with connect(sink) as conn:
+        assert "SMTPUTF8" not in conn.extensions
+        result = conn.send(Envelope("app@bücher.example", "ann@münchen.example"), b"hi\r\n")
+        assert result.accepted == ["ann@münchen.example"]  # as the caller wrote it
+        with pytest.raises(EnvelopeError, match="<jörg@x.org>: not ASCII") as info:
+            conn.send(Envelope("app@x.org", ["ann@x.org", "jörg@x.org"]), b"hi\r\n")
+        assert not info.value.delivery_unknown
+    [received] = sink.messages
+    assert received.mail_from == "app@xn--bcher-kva.example"
+    assert received.rcpt_tos == ("ann@xn--mnchen-3ya.example",)

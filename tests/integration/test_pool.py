@@ -642,3 +642,34 @@ def test_queued_messages_are_pipelined_behind_each_other(
     assert second.result(10).response == "250 queued 2"
     pool.close()
     assert pool.stats()["connections_opened"] == 1
+
+
+def test_date_and_message_id_are_added_to_messages_without_them(smtpd: Any) -> None:
+    """An EmailMessage without Date or Message-ID went out without them; Django,
+    Flask-Mail and Nodemailer add both, and spam filters penalise their absence."""
+    sink = smtpd()
+    bare = EmailMessage()
+    bare["From"], bare["To"], bare["Subject"] = "app@bücher.example", "u@x.org", "hi"
+    bare.set_content("hello")
+    dated = EmailMessage()
+    dated["From"], dated["To"], dated["Date"] = (
+        "app@x.org",
+        "u@x.org",
+        "Mon, 1 Jan 2024 00:00:00 +0000",
+    )
+    dated["Message-ID"] = "<mine@x.org>"
+    dated.set_content("hello")
+    raw = b"From: app@x.org\r\nTo: u@x.org\r\nSubject: raw\r\n\r\nas it is\r\n"
+    with SMTPPool(host=sink.host, port=sink.port) as pool:
+        pool.send(bare)
+        pool.send(dated)
+        pool.send(raw)
+    with SMTPPool(host=sink.host, port=sink.port, add_missing_headers=False) as pool:
+        pool.send(bare)
+    heads = [m.data.split(b"\r\n\r\n")[0] + b"\r\n" for m in sink.messages]
+    assert [h.count(b"\r\nDate: ") for h in heads] == [1, 1, 0, 0]
+    assert [h.count(b"\r\nMessage-ID: ") for h in heads] == [1, 1, 0, 0]
+    assert b"@xn--bcher-kva.example>" in heads[0]  # the From domain, in ASCII
+    assert b"Message-ID: <mine@x.org>" in heads[1] and b"2024" in heads[1]
+    assert sink.messages[2].data == raw  # raw bytes never touched
+    assert bare["Date"] is None and bare["Message-ID"] is None  # the caller's copy neither
