@@ -14,6 +14,7 @@ import getpass
 import json
 import mailbox
 import os
+import re
 import ssl
 import sys
 import threading
@@ -26,6 +27,7 @@ from email.message import EmailMessage
 from pathlib import Path
 from typing import Any, TextIO
 
+from . import __version__
 from .batch import BatchReport, Outcome, iter_items, run_batch
 from .config import Options
 from .connection import SMTPConnection
@@ -36,6 +38,17 @@ from .pool import SMTPPool
 __all__ = ["main", "printable"]
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_INTERRUPTED = 0, 1, 2, 130
+#: Numbers in an error message, ignored when failures are grouped.
+_NUMBER = re.compile(r"\d+(?:\.\d+)?")
+#: Distinct failures the summary shows before pointing at the report.
+SUMMARY_KINDS = 5
+#: Message ids shown for each kind of failure.
+SUMMARY_IDS = 3
+
+
+class UsageError(ValueError):
+    """The command cannot run as given (no server, a bad option, a missing path):
+    exit status 2, as for argparse's own usage errors."""
 
 
 # -- output ------------------------------------------------------------------------------
@@ -135,13 +148,20 @@ def _print_summary(report: BatchReport, stats: dict[str, int] | None) -> None:
         rows += [("connections", stats["connections_opened"]), ("retried", stats["retried"])]
     for name, value in rows:
         _print(f"{name:<12}{value:>12}")
+    # Failures alike but for their numbers (ports, waits) are one kind, in order of first.
+    groups: dict[tuple[str, str], tuple[str, list[str]]] = {}
     for outcome in report.outcomes:
         if outcome.status != "sent":
             error = outcome.error or {}
-            _print(
-                f"{outcome.status}: {outcome.id}: {error.get('code')}: {error.get('message')}",
-                file=sys.stderr,
-            )
+            reason = f"{error.get('code')}: {error.get('message')}"
+            kind = (outcome.status, _NUMBER.sub("#", reason))
+            groups.setdefault(kind, (reason, []))[1].append(outcome.id)
+    for (status, _), (reason, ids) in list(groups.items())[:SUMMARY_KINDS]:
+        shown = ", ".join(ids[:SUMMARY_IDS]) + (f" and {len(ids) - SUMMARY_IDS} more"
+                                                 if len(ids) > SUMMARY_IDS else "")  # fmt: skip
+        _print(f"{status} x{len(ids)}: {reason}\n    {shown}", file=sys.stderr)
+    if len(groups) > SUMMARY_KINDS:
+        _print(f"... and {len(groups) - SUMMARY_KINDS} other kinds of failure", file=sys.stderr)
 
 
 # -- server options ------------------------------------------------------------------------
@@ -169,11 +189,29 @@ def _add_server_arguments(parser: argparse.ArgumentParser) -> None:
     )
     group.add_argument("--cafile", help="trust these CA certificates instead of the system's")
     group.add_argument("--timeout", type=float, help="seconds for each network step")
+    group.add_argument(
+        "--allow-plaintext-auth",
+        action="store_true",
+        help="send the password without TLS to a host that is not loopback",
+    )
 
 
 def _options(args: argparse.Namespace, **extra: Any) -> Options:
-    settings: dict[str, Any] = {}
+    """The settings from the server arguments and the environment.
+
+    :raises UsageError: no server given, or a setting that is not valid.
+    """
     url = args.url or os.environ.get("SMTPPOOL_URL")
+    if not (url or args.host or args.service):
+        raise UsageError("no server: give --url, --host or --service, or set $SMTPPOOL_URL")
+    try:
+        return _settings(args, url, extra)
+    except (ValueError, TypeError) as exc:
+        raise UsageError(str(exc)) from exc
+
+
+def _settings(args: argparse.Namespace, url: str | None, extra: dict[str, Any]) -> Options:
+    settings: dict[str, Any] = {}
     for name in ("service", "host", "port", "secure", "require_tls", "ignore_tls"):
         if getattr(args, name) is not None:
             settings[name] = getattr(args, name)
@@ -188,6 +226,8 @@ def _options(args: argparse.Namespace, **extra: Any) -> Options:
         raise ValueError("a password needs a user: --user, or one in the URL")
     if args.cafile:
         settings["tls"] = {"cafile": args.cafile}
+    if args.allow_plaintext_auth:
+        settings["allow_plaintext_auth"] = True
     if args.timeout:
         settings.update(
             connection_timeout=args.timeout,
@@ -242,22 +282,49 @@ def _send(args: argparse.Namespace) -> int:
         rate_delta=args.rate_delta,
     )
     envelope = _envelope(args)
-    total = sum(1 for _ in iter_items(args.paths))  # a cheap first pass, for the ETA
+    done = _already_sent(args.resume) if args.resume else {}
+    try:
+        total = sum(1 for item in iter_items(args.paths) if item.id not in done)  # for the ETA
+    except FileNotFoundError as exc:
+        raise UsageError(str(exc)) from exc
+    if done:
+        _print(f"skipping {len(done)} message(s) already sent (per {args.resume})")
+    items = (item for item in iter_items(args.paths) if item.id not in done)
     with SMTPPool(options=options) as pool:  # closing twice is harmless after an interrupt
         with _progress(total, "sending") as advance:
             report = run_batch(
                 pool,
-                iter_items(args.paths),
+                items,
                 envelope=envelope,
-                on_outcome=lambda outcome: advance(),
+                on_outcome=lambda outcome: outcome.status != "not sent" and advance(),
             )
+    report.outcomes[:0] = done.values()
     _print_summary(report, pool.stats())
-    return _finish(args, report, total)
+    return _finish(args, report, total + len(done))
+
+
+def _already_sent(path: str) -> dict[str, Outcome]:
+    """The messages a report from an earlier run says were sent, by id.
+
+    :raises UsageError: the report cannot be read.
+    """
+    try:
+        earlier = json.loads(Path(path).read_text("utf-8"))
+        return {
+            entry["id"]: Outcome(**entry)
+            for entry in earlier["messages"]
+            if entry["status"] == "sent"
+        }
+    except (OSError, ValueError, KeyError, TypeError) as exc:
+        raise UsageError(f"cannot resume from {path}: {exc}") from exc
 
 
 def _finish(args: argparse.Namespace, report: BatchReport, total: int) -> int:
     if args.report:
         Path(args.report).write_text(json.dumps(report.as_json(), indent=1), "utf-8")
+    elif any(o.status != "sent" for o in report.outcomes):
+        _print("write every message's fate with --report FILE (and resume with --resume FILE)",
+               file=sys.stderr)  # fmt: skip
     if report.interrupted:
         return EXIT_INTERRUPTED
     return EXIT_OK if report.count("sent") == total else EXIT_FAILED
@@ -366,6 +433,7 @@ def _sink(args: argparse.Namespace) -> int:
         credentials=credentials,
         extensions=args.extension,
         on_message=deliver,
+        keep_messages=False,  # each is written or printed as it comes
         auth_require_tls=tls_context is not None,
     )
     with sink:
@@ -410,17 +478,33 @@ def _demo(args: argparse.Namespace) -> int:
                     advance()
             elapsed = time.monotonic() - start
             stats = pool.stats()
-        received = len(sink.messages)
+        received, at_once = len(sink.messages), sink.max_concurrent
     rate = sent / elapsed if elapsed > 0 else float("inf")
     _print(
         f"sent {sent}, failed {failed}, received by sink {received}, {elapsed:.2f} s, "
-        f"{rate:.0f} messages/s, connections used {stats['connections_opened']} "
-        f"(max_connections={args.max_connections})"
+        f"{rate:.0f} messages/s; {stats['connections_opened']} connections opened over the "
+        f"run, at most {at_once} at once (max_connections={args.max_connections}), each "
+        f"retired after {pool.options.max_messages} messages (max_messages)"
     )
     return EXIT_OK if failed == 0 and received == sent else EXIT_FAILED
 
 
 # -- parsing -------------------------------------------------------------------------------
+
+EXAMPLES = """examples:
+  smtppool demo                                  a batch into an embedded sink
+  smtppool sink --port 2525 --print              a local server that prints what it gets
+  smtppool verify --url smtp://mail.example.com:587
+  SMTPPOOL_URL=smtp://localhost:2525 smtppool send outbox/ --report fates.json
+"""
+SEND_EXAMPLES = """examples:
+  smtppool send outbox/ --url smtp://localhost:2525
+  smtppool send mail.mbox --host smtp.example.com --port 587 --user me --report fates.json
+  smtppool send outbox/ --url smtp://localhost:2525 --resume fates.json --report fates.json
+  smtppool send *.eml --from app@example.com --to ann@example.org --rate-limit 10
+
+The password for --user comes from $SMTPPOOL_PASSWORD, --password-file or a prompt.
+"""
 
 
 def _positive_int(text: str) -> int:
@@ -431,10 +515,21 @@ def _positive_int(text: str) -> int:
 
 
 def _parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="smtppool", description="Pooled SMTP sending.")
+    parser = argparse.ArgumentParser(
+        prog="smtppool",
+        description="Pooled SMTP sending.",
+        epilog=EXAMPLES,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument("--version", action="version", version=f"smtppool {__version__}")
     commands = parser.add_subparsers(dest="command", required=True)
 
-    send = commands.add_parser("send", help="send .eml files, directories, Maildirs, mboxes")
+    send = commands.add_parser(
+        "send",
+        help="send .eml files, directories, Maildirs, mboxes",
+        epilog=SEND_EXAMPLES,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     send.add_argument("paths", nargs="+", help=".eml file, directory, Maildir or mbox")
     send.add_argument("--from", dest="sender", help="envelope sender (default: from headers)")
     send.add_argument("--to", action="append", help="envelope recipient (repeatable)")
@@ -443,6 +538,9 @@ def _parser() -> argparse.ArgumentParser:
     send.add_argument("--rate-limit", type=_positive_int, help="messages per --rate-delta")
     send.add_argument("--rate-delta", type=float, help="seconds (default 1)")
     send.add_argument("--report", help="write every message's fate to this JSON file")
+    send.add_argument(
+        "--resume", metavar="REPORT", help="skip what this earlier --report says was sent"
+    )
     send.add_argument(
         "--via",
         choices=["pool", "celery"],
@@ -490,11 +588,16 @@ def main(argv: Sequence[str] | None = None) -> int:
         return int(exc.code or 0)
     try:
         status: int = args.run(args)
+    except UsageError as exc:
+        _print(f"usage error: {exc} (see smtppool {args.command} --help)", file=sys.stderr)
+        return EXIT_USAGE
     except SMTPError as exc:
         _print(
             f"error {exc.code}: {exc.message}" + (f" ({exc.response})" if exc.response else ""),
             file=sys.stderr,
         )
+        if "allow_plaintext_auth" in exc.message:
+            _print("on the command line: --secure, or --allow-plaintext-auth", file=sys.stderr)
         return EXIT_FAILED
     except (ValueError, TypeError, OSError) as exc:
         _print(f"error: {exc}", file=sys.stderr)

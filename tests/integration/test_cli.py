@@ -17,6 +17,7 @@ from typing import Any
 import pytest
 import trustme
 
+import smtppool
 from smtppool import Envelope, SMTPConnection
 from smtppool.batch import iter_items
 from smtppool.cli import main, printable
@@ -85,7 +86,7 @@ def test_send_a_directory_with_a_report(smtpd: SinkFactory, tmp_path: Path) -> N
             assert entry["response"].startswith("250 ")
     assert len(sink.messages) == 299 and sink.max_concurrent <= 3
     assert "sent" in result.stdout and "299" in result.stdout
-    assert "failed: " in result.stderr and "123.eml" in result.stderr
+    assert "failed x1: EENVELOPE" in result.stderr and "123.eml" in result.stderr
 
 
 def test_send_with_an_explicit_envelope(smtpd: SinkFactory, tmp_path: Path) -> None:
@@ -143,6 +144,59 @@ def test_ctrl_c_stops_cleanly_and_accounts_for_every_message(
     assert report["interrupted"] and len(statuses) == 100
     assert set(statuses) <= {"sent", "not sent"}  # nothing left unknown
     assert statuses.count("sent") == len(sink.messages) < 100
+    # A summary, not a line per message (80 "not sent ... interrupted" lines after 20).
+    assert len(err.splitlines()) <= 20 and "not sent x" in err, err
+    # --resume sends only the rest: the sink gets each message once in all.
+    resumed = run(
+        "send", str(outbox), "--url", sink.url, "--resume", str(report_path),
+        "--report", str(report_path),
+    )  # fmt: skip
+    assert resumed.returncode == 0, resumed.stderr
+    assert f"skipping {statuses.count('sent')} message(s) already sent" in resumed.stdout
+    assert sorted(m.envelope.rcpt_to[0] for m in sink.messages) == sorted(
+        f"u{i}@x.org" for i in range(100)
+    )
+    final = json.loads(report_path.read_text())
+    assert [e["status"] for e in final["messages"]].count("sent") == 100
+
+
+def test_identical_failures_are_summarised_with_a_count(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """50 messages to a closed port printed 50 identical connection errors."""
+    outbox = tmp_path / "outbox"
+    outbox.mkdir()
+    for i in range(50):
+        (outbox / f"{i:02}.eml").write_bytes(eml(i))
+    url = f"smtp://127.0.0.1:{_closed_port()}/?pool_timeout=0.5"
+    assert main(["send", str(outbox), "--url", url]) == 1
+    err = capsys.readouterr().err
+    assert err.count("failed x50: ECONNECTION") == 1 and "and 47 more" in err, err
+    assert len(err.splitlines()) <= 4 and "--report FILE" in err
+
+
+def test_usage_errors_exit_2_with_a_usage_message(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """With no server at all, send went to localhost:25 and printed a connection error
+    per message; usage errors exited 1 though the README says 2."""
+    monkeypatch.delenv("SMTPPOOL_URL", raising=False)
+    (tmp_path / "a.eml").write_bytes(eml(1))
+    assert main(["send", str(tmp_path)]) == 2
+    assert "usage error: no server: give --url, --host or --service" in capsys.readouterr().err
+    assert main(["send", str(tmp_path), "--url", "smtp://h/?max_connections=many"]) == 2
+    assert "usage error: " in capsys.readouterr().err
+    assert main(["send", str(tmp_path), "--url", "smtp://h/", "--resume", "missing.json"]) == 2
+    assert "cannot resume from missing.json" in capsys.readouterr().err
+
+
+def test_version_and_examples_in_help(capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["--version"]) == 0
+    assert capsys.readouterr().out.strip() == f"smtppool {smtppool.__version__}"
+    assert main(["--help"]) == 0
+    assert "examples:" in capsys.readouterr().out
+    assert main(["send", "--help"]) == 0
+    assert "--resume fates.json" in capsys.readouterr().out
 
 
 @pytest.fixture
@@ -183,10 +237,11 @@ def test_verify_failures(tls_sink: tuple[Sink, Path], case: str) -> None:
     assert result.returncode == 1 and result.stdout == ""
     expected = {
         "password": "error EAUTH: AUTH CRAM-MD5 failed (535",
-        "certificate": "error ETLS: TLS failure",
-        "closed port": "error ECONNECTION",
+        "certificate": "error ETLS: localhost:{port} (tried ",  # the addresses, then why
+        "closed port": "error ECONNECTION: localhost:{port}",
     }
-    assert result.stderr.startswith(expected[case]), result.stderr
+    assert result.stderr.startswith(expected[case].format(port=port)), result.stderr
+    assert case != "certificate" or "TLS failure in STARTTLS" in result.stderr
 
 
 def _closed_port() -> int:
@@ -255,8 +310,8 @@ def test_missing_path_and_server_from_environment(
     monkeypatch: pytest.MonkeyPatch,
     capsys: pytest.CaptureFixture[str],
 ) -> None:
-    assert main(["send", str(tmp_path / "nope.eml"), "--url", "smtp://127.0.0.1:1"]) == 1
-    assert "no such file or directory" in capsys.readouterr().err
+    assert main(["send", str(tmp_path / "nope.eml"), "--url", "smtp://127.0.0.1:1"]) == 2
+    assert "usage error: no such file or directory" in capsys.readouterr().err
     sink = smtpd()
     path = tmp_path / "m.eml"
     path.write_bytes(eml(1))
@@ -289,7 +344,7 @@ def test_demo_sends_a_batch_into_the_embedded_sink(capsys: pytest.CaptureFixture
     out = capsys.readouterr().out
     assert "sink listening on 127.0.0.1:" in out
     assert "sent 60, failed 0, received by sink 60" in out
-    assert "connections used 3 (max_connections=3)" in out
+    assert "3 connections opened over the run, at most 3 at once (max_connections=3)" in out
 
 
 def test_usage_errors_exit_2(capsys: pytest.CaptureFixture[str]) -> None:
@@ -403,7 +458,7 @@ def test_no_password_and_no_terminal_is_an_error_not_an_empty_password(
     sink, cafile = tls_sink
     monkeypatch.delenv("SMTPPOOL_PASSWORD", raising=False)
     monkeypatch.setattr("sys.stdin.isatty", lambda: False)
-    assert main(login_args(sink, cafile, "--user", "u")) == 1
+    assert main(login_args(sink, cafile, "--user", "u")) == 2  # a usage error
     assert (
         "no password for u: set $SMTPPOOL_PASSWORD or use --password-file"
         in capsys.readouterr().err
@@ -426,13 +481,13 @@ def test_a_user_in_the_url_gets_its_password_like_one_from_user(
     url = f"smtp://u@localhost:{sink.port}/"
     monkeypatch.setenv("SMTPPOOL_PASSWORD", "pw")
     assert main(["verify", "--url", url, "--cafile", str(cafile)]) == 0
-    assert sink.auth_attempts[-1] == ("CRAM-MD5", "u", True)
+    assert sink.login_attempts[-1] == ("CRAM-MD5", "u", True)
     monkeypatch.delenv("SMTPPOOL_PASSWORD")
     monkeypatch.setattr("sys.stdin.isatty", lambda: False)
-    assert main(["verify", "--url", url, "--cafile", str(cafile)]) == 1
+    assert main(["verify", "--url", url, "--cafile", str(cafile)]) == 2
     assert "no password for u" in capsys.readouterr().err
     args = ["verify", "--host", "localhost", "--port", str(sink.port), "--password", "pw"]
-    assert main(args) == 1
+    assert main(args) == 2
     assert "a password needs a user" in capsys.readouterr().err
     both = [*args[:-2], "--user", "u", "--password", "pw", "--password-file", "f"]
     assert main(both) == 2  # argparse: not allowed together
