@@ -16,7 +16,7 @@ from typing import Any
 from setuptools import setup
 from setuptools.command.build_ext import build_ext
 
-#: The modules every message passes through, in the order of the layers (DESIGN.md).
+#: The modules every message passes through, in the order of the layers (see README, Design).
 COMPILED = [
     "smtppool/protocol.py",
     "smtppool/message.py",

@@ -17,6 +17,7 @@ import logging
 import math
 import re
 import ssl
+import textwrap
 import urllib.parse
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
@@ -26,8 +27,11 @@ from .auth import MECHANISMS, Credentials, check_method_fits
 from .oauth2 import OAuth2
 
 __all__ = [
+    "OPTION_HELP",
+    "POOL_OPTIONS",
     "TLS_OPTION_KEYS",
     "Options",
+    "describe_options",
     "lookup_service",
     "make_ssl_context",
     "normalise_auth",
@@ -100,9 +104,100 @@ def _normalise_tls(tls: object) -> TLSOptions:
     raise TypeError("tls must be an ssl.SSLContext, a dict of overrides, or None")
 
 
+#: What each option means, in the order the README documents them; the docstrings of
+#: SMTPPool and SMTPConnection and the README's table are built from, or checked
+#: against, this one table.
+OPTION_HELP: dict[str, str] = {
+    "host": "server name or address (IPv4 and IPv6; each resolved address is tried in turn)",
+    "port": "465 when ``secure`` else 25",
+    "secure": "implicit TLS from the first byte (SMTPS)",
+    "ignore_tls": "never use STARTTLS",
+    "require_tls": "fail with ``TLSError`` unless STARTTLS succeeds",
+    "opportunistic_tls": (
+        "if STARTTLS fails, continue in plaintext (redials after a failed handshake); "
+        "logged at WARNING with the reason each time, ``connection.tls_fallback`` and "
+        '``stats()["tls_fallbacks"]`` count it'
+    ),
+    "name": (
+        "EHLO name; default ``socket.getfqdn()``, or an address literal when that is not "
+        "a dotted name"
+    ),
+    "local_address": "source address to bind",
+    "connection_timeout": "seconds for name resolution, TCP connect and TLS handshake together",
+    "greeting_timeout": "deadline for the whole greeting",
+    "socket_timeout": (
+        "deadline for each whole reply, and for the server to take each piece of the message"
+    ),
+    "auth": (
+        '``("user", "password")`` or ``smtppool.OAuth2(...)``; a NUL (or, for OAuth2, any '
+        "control character) is a ``ValueError``: it would re-split the SASL fields"
+    ),
+    "auth_method": (
+        'force ``"PLAIN"``, ``"LOGIN"``, ``"CRAM-MD5"`` or ``"XOAUTH2"``; otherwise '
+        "CRAM-MD5, PLAIN, LOGIN in that order of preference. Never silently downgraded. "
+        "Checked against the credentials once they are known (``auth=``, or "
+        "``login(auth=...)`` later)"
+    ),
+    "allow_plaintext_auth": "send credentials without TLS to a host that is not loopback",
+    "tls": (
+        "an ``ssl.SSLContext``, or a dict of overrides on a verifying default context: "
+        "``cafile``, ``capath``, ``cadata``, ``certfile``, ``keyfile``, ``password``, "
+        "``verify``, ``check_hostname``, ``minimum_version``, ``maximum_version``, "
+        "``ciphers``, ``server_hostname``"
+    ),
+    "lmtp": "speak LMTP: ``LHLO`` and one result per recipient",
+    "get_socket": (
+        "``callable(options)`` returning a connected socket, or ``None`` to dial normally"
+    ),
+    "logger": 'a ``logging.Logger``; default ``"smtppool"``',
+    "transaction_log": "log the SMTP dialogue (AUTH payloads redacted) at DEBUG",
+    "debug": "also log message content at DEBUG",
+    "add_missing_headers": (
+        "add ``Date`` and ``Message-ID`` to an ``email.message.Message`` that lacks them "
+        "(raw bytes, text, files and iterables go as they are)"
+    ),
+    "service": "a well-known provider's host, port and TLS mode",
+    "max_connections": "pool: connections (and worker threads) at most",
+    "max_messages": "pool: messages per connection before it is replaced",
+    "idle_timeout": "pool: QUIT connections idle this long",
+    "connection_ttl": "pool: retire connections older than this",
+    "retries": "pool: extra attempts for messages provably not taken",
+    "pool_timeout": (
+        "pool: how long a message waits while no connection is open and none can be "
+        "opened (``None``: no bound)"
+    ),
+    "rate_limit": "pool: messages started per ``rate_delta`` at most",
+    "rate_delta": "pool: the rate window, in seconds",
+    "on_idle": "pool: ``callable()`` run when a slot frees up",
+}
+
+
+#: Options that only the pool uses.
+POOL_OPTIONS = frozenset(
+    {"max_connections", "max_messages", "idle_timeout", "connection_ttl", "retries",
+     "pool_timeout", "rate_limit", "rate_delta", "on_idle"}
+)  # fmt: skip
+
+
+def describe_options(*, pool: bool) -> str:
+    """The options as a docstring section: each with its default and meaning (the pool's
+    own options only when ``pool``)."""
+    defaults = {f.name: f.default for f in dataclasses.fields(Options)}
+    lines = ["Options (keyword arguments, validated by :class:`smtppool.Options`):", ""]
+    for name, meaning in OPTION_HELP.items():
+        if name in POOL_OPTIONS and not pool:
+            continue
+        default = defaults.get(name)  # service is a setting, not a field: None
+        text = textwrap.fill(meaning.removeprefix("pool: "), 84, initial_indent="    ",
+                             subsequent_indent="    ", break_on_hyphens=False)  # fmt: skip
+        lines += [f"``{name}`` = ``{default!r}``", text]
+    return "\n".join(lines)
+
+
 @dataclass(frozen=True, slots=True, kw_only=True)
 class Options:
-    """All settings of DESIGN.md, validated; ``port=None`` resolves to 465 or 25."""
+    """Every setting of a connection and a pool, validated in one place; ``port=None``
+    resolves to 465 or 25.  :data:`OPTION_HELP` says what each one means."""
 
     host: str = "localhost"
     port: int | None = None

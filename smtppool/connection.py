@@ -106,10 +106,70 @@ def _address_literal(sock: socket.socket) -> str:
 class SMTPConnection:
     """A single SMTP/LMTP client connection with blocking I/O and strict deadlines.
 
-    Takes the options of :class:`smtppool.SMTPPool` (pool-only ones are ignored) or an
-    ``options=`` :class:`~smtppool.config.Options`; ``sock`` is an already-connected
-    socket to use instead of dialling.  Use as a context manager to connect, log in
-    and QUIT automatically.
+    Takes the options below as keywords (the pool's own are accepted and ignored), plus
+    ``url=``, or ``options=`` an :class:`~smtppool.config.Options`; ``sock`` is an
+    already-connected socket to use instead of dialling.  Use as a context manager to
+    connect, log in and QUIT automatically.  (The list is the one ``describe_options``
+    writes; a test keeps them equal, since a compiled class's docstring is fixed.)
+
+    Options (keyword arguments, validated by :class:`smtppool.Options`):
+
+    ``host`` = ``'localhost'``
+        server name or address (IPv4 and IPv6; each resolved address is tried in turn)
+    ``port`` = ``None``
+        465 when ``secure`` else 25
+    ``secure`` = ``False``
+        implicit TLS from the first byte (SMTPS)
+    ``ignore_tls`` = ``False``
+        never use STARTTLS
+    ``require_tls`` = ``False``
+        fail with ``TLSError`` unless STARTTLS succeeds
+    ``opportunistic_tls`` = ``False``
+        if STARTTLS fails, continue in plaintext (redials after a failed handshake);
+        logged at WARNING with the reason each time, ``connection.tls_fallback`` and
+        ``stats()["tls_fallbacks"]`` count it
+    ``name`` = ``None``
+        EHLO name; default ``socket.getfqdn()``, or an address literal when that is not
+        a dotted name
+    ``local_address`` = ``None``
+        source address to bind
+    ``connection_timeout`` = ``120.0``
+        seconds for name resolution, TCP connect and TLS handshake together
+    ``greeting_timeout`` = ``30.0``
+        deadline for the whole greeting
+    ``socket_timeout`` = ``600.0``
+        deadline for each whole reply, and for the server to take each piece of the
+        message
+    ``auth`` = ``None``
+        ``("user", "password")`` or ``smtppool.OAuth2(...)``; a NUL (or, for OAuth2, any
+        control character) is a ``ValueError``: it would re-split the SASL fields
+    ``auth_method`` = ``None``
+        force ``"PLAIN"``, ``"LOGIN"``, ``"CRAM-MD5"`` or ``"XOAUTH2"``; otherwise
+        CRAM-MD5, PLAIN, LOGIN in that order of preference. Never silently downgraded.
+        Checked against the credentials once they are known (``auth=``, or
+        ``login(auth=...)`` later)
+    ``allow_plaintext_auth`` = ``False``
+        send credentials without TLS to a host that is not loopback
+    ``tls`` = ``None``
+        an ``ssl.SSLContext``, or a dict of overrides on a verifying default context:
+        ``cafile``, ``capath``, ``cadata``, ``certfile``, ``keyfile``, ``password``,
+        ``verify``, ``check_hostname``, ``minimum_version``, ``maximum_version``,
+        ``ciphers``, ``server_hostname``
+    ``lmtp`` = ``False``
+        speak LMTP: ``LHLO`` and one result per recipient
+    ``get_socket`` = ``None``
+        ``callable(options)`` returning a connected socket, or ``None`` to dial normally
+    ``logger`` = ``None``
+        a ``logging.Logger``; default ``"smtppool"``
+    ``transaction_log`` = ``False``
+        log the SMTP dialogue (AUTH payloads redacted) at DEBUG
+    ``debug`` = ``False``
+        also log message content at DEBUG
+    ``add_missing_headers`` = ``True``
+        add ``Date`` and ``Message-ID`` to an ``email.message.Message`` that lacks them
+        (raw bytes, text, files and iterables go as they are)
+    ``service`` = ``None``
+        a well-known provider's host, port and TLS mode
     """
 
     def __init__(

@@ -21,6 +21,7 @@ I/O never happens while the lock is held.
 from __future__ import annotations
 
 import functools
+import inspect
 import logging
 import os
 import threading
@@ -35,7 +36,7 @@ from email.message import Message
 from types import TracebackType
 from typing import Any, BinaryIO, NamedTuple, Protocol, cast
 
-from .config import Options
+from .config import Options, describe_options
 from .connection import SMTPConnection, quit_all
 from .envelope import Envelope, SendResult, pair_with_envelope
 from .errors import ConnectError, PoolClosedError, PoolTimeoutError, SMTPError, SMTPTimeoutError
@@ -183,8 +184,8 @@ _worker = threading.local()  # .active is True in the pool's worker threads
 class SMTPPool:
     """A thread-safe SMTP transport: ``send``, ``submit``, ``send_many``, ``verify``.
 
-    Takes the options of :class:`smtppool.config.Options` as keywords, plus
-    ``service=`` for a well-known provider, and ``rate_limiter=``: any
+    Takes the options below as keywords (``url=`` too), or ``options=`` an
+    :class:`~smtppool.config.Options`, and ``rate_limiter=``: any
     :class:`~smtppool.ratelimit.Limiter` in place of the in-process one that
     ``rate_limit``/``rate_delta`` configure (for example a limit shared between
     processes, :class:`smtppool.contrib.redis_limiter.RedisLimiter`; one per pool, since
@@ -981,6 +982,10 @@ class SMTPPool:
         self._setup()
         self._finalizer.detach()
         self._finalizer = weakref.finalize(self, _close_idle, self._idle)
+
+
+#: help(SMTPPool) lists every option with its default and meaning, from the one table.
+SMTPPool.__doc__ = f"{inspect.cleandoc(SMTPPool.__doc__ or '')}\n\n{describe_options(pool=True)}"
 
 
 def _settle(future: _Settleable, outcome: SendResult | BaseException) -> None:

@@ -7,6 +7,9 @@ test CA (``SSL_CERT_FILE``), so certificate checking stays on exactly as in the 
 
 from __future__ import annotations
 
+import ast
+import dataclasses
+import inspect
 import os
 import re
 import subprocess
@@ -18,6 +21,8 @@ from pathlib import Path
 import pytest
 import trustme
 
+from smtppool import SMTPConnection, SMTPPool
+from smtppool.config import OPTION_HELP, Options, describe_options
 from smtppool.sink import Sink
 
 from .integration.test_testing_plugin import USER_CODE
@@ -140,3 +145,35 @@ mail.close()
 def test_pytest_plugin_snippet(pytester: pytest.Pytester) -> None:
     pytester.makepyfile(test_readme_plugin=USER_CODE + snippet("pytest-plugin"))
     pytester.runpytest_subprocess("-p", "no:cacheprovider").assert_outcomes(passed=1)
+
+
+def readme_option_rows() -> dict[str, tuple[str, str]]:
+    """The README's option table: name -> (default, meaning), continuation lines joined."""
+    text = README.read_text("utf-8")
+    lines = text[text.index("\nOptions\n-------") :].splitlines()
+    borders = [i for i, line in enumerate(lines) if line.startswith("=" * 24 + " ")]
+    rows: dict[str, tuple[str, str]] = {}
+    name = ""
+    for line in lines[borders[1] + 1 : borders[2]]:
+        cell = line[:25].strip().strip("`")
+        if cell:
+            name = cell
+            rows[name] = (line[25:41].strip().strip("`"), line[41:].strip())
+        else:
+            default, meaning = rows[name]
+            rows[name] = (default, f"{meaning} {line.strip()}")
+    return rows
+
+
+def test_the_option_table_and_the_docstrings_say_the_same() -> None:
+    """README, help(SMTPPool) and help(SMTPConnection) all come from, or are checked
+    against, smtppool.config.OPTION_HELP and the Options defaults."""
+    rows = readme_option_rows()
+    assert list(rows) == list(OPTION_HELP)
+    defaults = {f.name: f.default for f in dataclasses.fields(Options)}
+    for name, (default, meaning) in rows.items():
+        assert meaning == OPTION_HELP[name], name
+        assert ast.literal_eval(default) == defaults.get(name), name
+    assert set(defaults) <= set(OPTION_HELP) | {"options"}  # every field documented
+    for cls, pool in ((SMTPPool, True), (SMTPConnection, False)):
+        assert describe_options(pool=pool) in inspect.cleandoc(cls.__doc__ or ""), cls

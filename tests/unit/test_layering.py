@@ -27,7 +27,7 @@ def imported_modules(path: Path) -> set[str]:
 @pytest.mark.parametrize("module", PURE)
 def test_pure_modules_import_no_io(module: str) -> None:
     found = imported_modules(PACKAGE / module) & FORBIDDEN
-    # errors.py subclasses ssl.SSLError for TLSError, which DESIGN.md requires.
+    # errors.py subclasses ssl.SSLError for TLSError, so that "except ssl.SSLError" catches it.
     allowed = {"ssl"} if module == "errors.py" else set()
     assert found <= allowed, f"{module} imports {sorted(found - allowed)}"
 
