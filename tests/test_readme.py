@@ -177,3 +177,9 @@ def test_the_option_table_and_the_docstrings_say_the_same() -> None:
     assert set(defaults) <= set(OPTION_HELP) | {"options"}  # every field documented
     for cls, pool in ((SMTPPool, True), (SMTPConnection, False)):
         assert describe_options(pool=pool) in inspect.cleandoc(cls.__doc__ or ""), cls
+
+
+def test_sink_snippet(run_python: Callable[[str], str]) -> None:
+    """The README's sink example: a login over plaintext loopback, then the envelope."""
+    out = run_python(snippet("sink"))
+    assert "Envelope(mail_from='a@example.com'" in out and "[('CRAM-MD5', 'u', True)]" in out
