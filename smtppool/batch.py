@@ -11,6 +11,7 @@ report as ``sent``, ``failed`` or ``not sent``.
 from __future__ import annotations
 
 import functools
+import hashlib
 import mailbox
 import signal
 import threading
@@ -28,7 +29,7 @@ from .envelope import Envelope, SendResult
 from .errors import PoolClosedError, SMTPError
 from .pool import SMTPPool
 
-__all__ = ["BatchReport", "Item", "Outcome", "iter_items", "run_batch"]
+__all__ = ["BatchReport", "Item", "Outcome", "content_digest", "iter_items", "run_batch"]
 
 #: How often a waiting batch checks for Ctrl-C.
 POLL_INTERVAL = 0.1
@@ -52,6 +53,9 @@ class Outcome:
     rejected: list[str] = field(default_factory=list)
     response: str | None = None
     error: dict[str, Any] | None = None
+    #: The content's digest (:func:`content_digest`) once it was read: what ``--resume``
+    #: checks, so a changed file or mbox is not taken for the message already sent.
+    digest: str | None = None
 
     @classmethod
     def of_task(cls, item_id: str, outcome: Mapping[str, Any]) -> Outcome:
@@ -100,6 +104,11 @@ class BatchReport:
             "elapsed_seconds": round(self.elapsed, 3),
             "messages": [vars(outcome) for outcome in self.outcomes],
         }
+
+
+def content_digest(data: bytes) -> str:
+    """A message's fingerprint in the report (SHA-256, 128 bits in hex)."""
+    return hashlib.sha256(data).hexdigest()[:32]
 
 
 def _read(path: Path) -> Callable[[], bytes]:
@@ -172,7 +181,7 @@ def run_batch(
     """
     report = BatchReport()
     limit = window or 4 * pool.options.max_connections
-    pending: deque[tuple[str, Future[SendResult]]] = deque()
+    pending: deque[tuple[str, str, Future[SendResult]]] = deque()  # id, digest, future
     iterator = iter(items)
     start = time.monotonic()
 
@@ -183,7 +192,7 @@ def run_batch(
 
     def settle_head(stop: threading.Event | None) -> bool:
         """Record the oldest pending message once done; False if ``stop`` came first."""
-        item_id, future = pending[0]
+        item_id, digest, future = pending[0]
         # wait(), not result(timeout): on Python 3.11+ the wait's TimeoutError is the
         # class an SMTPTimeoutError outcome derives from, and the two must not mix.
         while stop is not None and not stop.is_set() and not future.done():
@@ -191,9 +200,11 @@ def run_batch(
         if stop is not None and stop.is_set() and not future.done():
             return False
         try:
-            record(Outcome.of(item_id, future.result()))
+            outcome = Outcome.of(item_id, future.result())
         except Exception as exc:
-            record(Outcome.of(item_id, exc))
+            outcome = Outcome.of(item_id, exc)
+        outcome.digest = digest
+        record(outcome)
         pending.popleft()
         return True
 
@@ -204,7 +215,8 @@ def run_batch(
                     record(Outcome.of(item.id, PoolClosedError("interrupted before sending")))
                     break
                 try:
-                    pending.append((item.id, pool.submit(item.load(), envelope)))
+                    data = item.load()
+                    pending.append((item.id, content_digest(data), pool.submit(data, envelope)))
                 except (ValueError, OSError) as exc:  # unreadable file, no envelope
                     record(Outcome.of(item.id, exc))
                 while len(pending) >= limit and settle_head(stop):
@@ -220,7 +232,7 @@ def run_batch(
             while pending:
                 settle_head(None)
         except KeyboardInterrupt:  # a second Ctrl-C: stop waiting for the wire
-            for item_id, _ in pending:
+            for item_id, _, _ in pending:
                 record(
                     Outcome(
                         item_id,

@@ -28,7 +28,7 @@ from pathlib import Path
 from typing import Any, TextIO
 
 from . import __version__
-from .batch import BatchReport, Outcome, iter_items, run_batch
+from .batch import BatchReport, Outcome, content_digest, iter_items, run_batch
 from .config import Options
 from .connection import SMTPConnection
 from .envelope import Envelope
@@ -38,7 +38,8 @@ from .pool import SMTPPool
 __all__ = ["main", "printable"]
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_INTERRUPTED = 0, 1, 2, 130
-#: Numbers in an error message, ignored when failures are grouped.
+#: Numbers in an error message (ports, waits), ignored when failures are grouped; the
+#: server's reply code and enhanced status are not.
 _NUMBER = re.compile(r"\d+(?:\.\d+)?")
 #: Distinct failures the summary shows before pointing at the report.
 SUMMARY_KINDS = 5
@@ -113,11 +114,7 @@ def _progress(total: int, label: str) -> Iterator[Callable[[], None]]:
 def _plain_progress(total: int, label: str) -> Iterator[Callable[[], None]]:
     start, done = time.monotonic(), 0
 
-    def advance() -> None:
-        nonlocal done
-        done += 1
-        if done % 20 and done != total:
-            return
+    def draw() -> None:
         elapsed = max(time.monotonic() - start, 1e-9)
         rate = done / elapsed
         eta = (total - done) / rate if rate else 0
@@ -130,7 +127,16 @@ def _plain_progress(total: int, label: str) -> Iterator[Callable[[], None]]:
             flush=True,
         )
 
+    def advance() -> None:
+        nonlocal done
+        done += 1
+        if done % 20 == 0 or done == total:
+            draw()
+
     yield advance
+    if done != total:  # stopped short: the bar ends where the batch did, on its own line
+        draw()
+        print(file=sys.stderr)
 
 
 def _print_summary(report: BatchReport, stats: dict[str, int] | None) -> None:
@@ -149,14 +155,18 @@ def _print_summary(report: BatchReport, stats: dict[str, int] | None) -> None:
     for name, value in rows:
         _print(f"{name:<12}{value:>12}")
     # Failures alike but for their numbers (ports, waits) are one kind, in order of first.
-    groups: dict[tuple[str, str], tuple[str, list[str]]] = {}
+    groups: dict[tuple[str, str, str], tuple[str, list[str]]] = {}
     for outcome in report.outcomes:
         if outcome.status != "sent":
             error = outcome.error or {}
-            reason = f"{error.get('code')}: {error.get('message')}"
-            kind = (outcome.status, _NUMBER.sub("#", reason))
+            response = error.get("response") or ""
+            reason = f"{error.get('code')}: {error.get('message')}" + (
+                f" ({response})" if response else ""
+            )
+            reply = response.split(" ")[:2]  # "550 5.1.1": kept apart
+            kind = (outcome.status, " ".join(reply), _NUMBER.sub("#", reason))
             groups.setdefault(kind, (reason, []))[1].append(outcome.id)
-    for (status, _), (reason, ids) in list(groups.items())[:SUMMARY_KINDS]:
+    for (status, _, _), (reason, ids) in list(groups.items())[:SUMMARY_KINDS]:
         shown = ", ".join(ids[:SUMMARY_IDS]) + (f" and {len(ids) - SUMMARY_IDS} more"
                                                  if len(ids) > SUMMARY_IDS else "")  # fmt: skip
         _print(f"{status} x{len(ids)}: {reason}\n    {shown}", file=sys.stderr)
@@ -249,8 +259,11 @@ def _password(args: argparse.Namespace, user: str, in_url: str | None) -> str:
         _warn_password_in_argv("--password")
         return str(args.password)
     if args.password_file:
-        with open(args.password_file, encoding="utf-8") as file:
-            return file.readline().rstrip("\r\n")
+        try:
+            with open(args.password_file, encoding="utf-8") as file:
+                return file.readline().rstrip("\r\n")
+        except OSError as exc:
+            raise ValueError(f"cannot read --password-file: {exc}") from exc
     if in_url is not None:
         return in_url
     if "SMTPPOOL_PASSWORD" in os.environ:
@@ -273,6 +286,10 @@ def _warn_password_in_argv(option: str) -> None:
 
 def _send(args: argparse.Namespace) -> int:
     if args.via == "celery":
+        if args.resume:
+            raise UsageError("--resume works with --via pool (the Celery workers keep their "
+                             "own record of what was sent)")  # fmt: skip
+        _count(args.paths)  # every path exists: else a usage error, before anything is sent
         return _send_via_celery(args)
     options = _options(
         args,
@@ -282,41 +299,66 @@ def _send(args: argparse.Namespace) -> int:
         rate_delta=args.rate_delta,
     )
     envelope = _envelope(args)
-    done = _already_sent(args.resume) if args.resume else {}
-    try:
-        total = sum(1 for item in iter_items(args.paths) if item.id not in done)  # for the ETA
-    except FileNotFoundError as exc:
-        raise UsageError(str(exc)) from exc
-    if done:
-        _print(f"skipping {len(done)} message(s) already sent (per {args.resume})")
-    items = (item for item in iter_items(args.paths) if item.id not in done)
+    skipped = _already_sent(args.resume, args.paths) if args.resume else {}
+    total = _count(args.paths) - len(skipped)  # a cheap first pass, for the ETA
+    items = (item for item in iter_items(args.paths) if item.id not in skipped)
     with SMTPPool(options=options) as pool:  # closing twice is harmless after an interrupt
         with _progress(total, "sending") as advance:
             report = run_batch(
                 pool,
                 items,
                 envelope=envelope,
-                on_outcome=lambda outcome: outcome.status != "not sent" and advance(),
+                on_outcome=lambda outcome: _advance_unless_unsent(outcome, advance),
             )
-    report.outcomes[:0] = done.values()
+    report.outcomes[:0] = skipped.values()
     _print_summary(report, pool.stats())
-    return _finish(args, report, total + len(done))
+    return _finish(args, report, total + len(skipped))
 
 
-def _already_sent(path: str) -> dict[str, Outcome]:
-    """The messages a report from an earlier run says were sent, by id.
+def _count(paths: list[str]) -> int:
+    try:
+        return sum(1 for _ in iter_items(paths))
+    except FileNotFoundError as exc:
+        raise UsageError(str(exc)) from exc
 
-    :raises UsageError: the report cannot be read.
+
+def _advance_unless_unsent(outcome: Outcome, advance: Callable[[], None]) -> None:
+    """The progress bar counts what was tried, so a stopped batch ends where it stopped."""
+    if outcome.status != "not sent":
+        advance()
+
+
+def _already_sent(report: str, paths: list[str]) -> dict[str, Outcome]:
+    """The messages of ``paths`` that an earlier run's ``report`` says were sent, by id:
+    the same id (path, or mailbox and key) and the same content.
+
+    :raises UsageError: the report cannot be read, or none of what it says was sent is
+        among ``paths`` (other paths given, say: everything would be sent again).
     """
     try:
-        earlier = json.loads(Path(path).read_text("utf-8"))
-        return {
-            entry["id"]: Outcome(**entry)
-            for entry in earlier["messages"]
-            if entry["status"] == "sent"
-        }
+        earlier = json.loads(Path(report).read_text("utf-8"))
+        sent = {e["id"]: Outcome(**e) for e in earlier["messages"] if e["status"] == "sent"}
     except (OSError, ValueError, KeyError, TypeError) as exc:
-        raise UsageError(f"cannot resume from {path}: {exc}") from exc
+        raise UsageError(f"cannot resume from {report}: {exc}") from exc
+    skipped: dict[str, Outcome] = {}
+    try:
+        for item in iter_items(paths):
+            outcome = sent.get(item.id)
+            if outcome is not None and outcome.digest in (None, content_digest(item.load())):
+                skipped[item.id] = outcome
+    except FileNotFoundError as exc:
+        raise UsageError(str(exc)) from exc
+    if sent and not skipped:
+        raise UsageError(
+            f"none of the {len(sent)} message(s) {report} says were sent is among these "
+            "paths (give the same paths as the first run), so all would be sent again"
+        )
+    unmatched = len(sent) - len(skipped)
+    _print(
+        f"skipping {len(skipped)} message(s) already sent (per {report})"
+        + (f"; {unmatched} sent then are not here or have changed" if unmatched else "")
+    )
+    return skipped
 
 
 def _finish(args: argparse.Namespace, report: BatchReport, total: int) -> int:
@@ -434,7 +476,6 @@ def _sink(args: argparse.Namespace) -> int:
         extensions=args.extension,
         on_message=deliver,
         keep_messages=False,  # each is written or printed as it comes
-        auth_require_tls=tls_context is not None,
     )
     with sink:
         _print(f"listening on {sink.host}:{sink.port}", flush=True)

@@ -394,12 +394,14 @@ class SMTPConnection:
         try:
             self._connect()
         except SMTPError as exc:  # every connect-stage error says where it happened
-            where = f"{self.options.host}:{self.options.port}"
+            host, port = self.options.host, self.options.port
+            where = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
             tried = [a for a in self._addresses_tried if a != where]
             if tried:
                 where += f" (tried {', '.join(tried)})"
             if not exc.message.startswith(where):
                 exc.message = f"{where}: {exc.message}"
+                exc.args = (exc.message,)
             raise
 
     def _connect(self) -> None:
@@ -663,11 +665,21 @@ class SMTPConnection:
         return result
 
     def _prepare(self, message: MessageInput, env: Envelope) -> MessageSource:
+        utf8 = self._in_utf8(env)
         return prepare_message(
             message,
-            international=env.is_international,
+            international=utf8,
+            ascii_domains=env.is_international and not utf8,
             add_missing_headers=self.options.add_missing_headers,
         )
+
+    def _in_utf8(self, env: Envelope) -> bool:
+        """Whether ``env`` goes with SMTPUTF8 (addresses and headers as written): when an
+        address is not ASCII and the server offers it; otherwise in ASCII."""
+        return env.is_international and "SMTPUTF8" in self.extensions
+
+    def _recipients(self, env: Envelope) -> tuple[str, ...]:
+        return tuple(env.rcpt_to) if self._in_utf8(env) else env.ascii_rcpt_to
 
     def _mail_command(self, env: Envelope, source: MessageSource) -> bytes:
         """MAIL FROM with its parameters, after the checks that need no round trip.
@@ -676,18 +688,18 @@ class SMTPConnection:
         :raises MessageError: the message is larger than the server's SIZE.
         """
         ext = self.extensions
-        smtputf8 = env.is_international
-        if smtputf8 and "SMTPUTF8" not in ext:
+        smtputf8 = self._in_utf8(env)
+        if env.needs_smtputf8 and not smtputf8:
             needy = [a for a in (env.mail_from, *env.rcpt_to) if ascii_address(a) is None]
             raise EnvelopeError(
                 f"{', '.join(f'<{a}>' for a in needy)}: not ASCII (a local part, or a domain "
-                "with no IDNA form), and the server does not offer SMTPUTF8"
+                "IDNA cannot encode unchanged), and the server does not offer SMTPUTF8"
             )
         size = env.size if env.size is not None else source.size
         if size is not None and ext.size is not None and size > ext.size:
             raise MessageError(f"message is {size} bytes; the server accepts at most {ext.size}")
         return self._protocol.mail(
-            env.wire_mail_from,
+            env.mail_from if smtputf8 else env.ascii_mail_from,
             size=size,
             smtputf8=smtputf8,
             dsn=env.dsn,
@@ -700,7 +712,7 @@ class SMTPConnection:
         mail = self._mail_command(env, source)
         n = len(env.rcpt_to)
         if pipelining:
-            batch = [mail, *(p.rcpt(r, dsn=env.dsn) for r in env.wire_rcpt_to)]
+            batch = [mail, *(p.rcpt(r, dsn=env.dsn) for r in self._recipients(env))]
             if chunking:  # MAIL, RCPT and the whole message: one round trip
                 return self._send_in_one_flight(env, batch, source.chunks)
             batch.append(p.data())
@@ -709,7 +721,7 @@ class SMTPConnection:
         else:
             replies = [self._command(mail)]
             if replies[0].is_positive:
-                replies += [self._command(p.rcpt(r, dsn=env.dsn)) for r in env.wire_rcpt_to]
+                replies += [self._command(p.rcpt(r, dsn=env.dsn)) for r in self._recipients(env)]
         mail_reply, rcpt_replies = replies[0], replies[1 : n + 1]
         data_reply = replies[n + 1] if len(replies) > n + 1 else None
         accepted, rejected, errors, responses, failure = self._judge_envelope(
@@ -950,7 +962,7 @@ class SMTPConnection:
         source = self._prepare(item[1], env)
         p, dsn = self._protocol, env.dsn
         commands = [self._mail_command(env, source)]
-        for recipient in env.wire_rcpt_to:
+        for recipient in self._recipients(env):
             commands.append(p.rcpt(recipient, dsn=dsn))
         commands.append(p.data())
         return env, source, b"".join(commands)

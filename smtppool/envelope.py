@@ -15,6 +15,7 @@ from email.message import Message
 from email.parser import BytesHeaderParser
 from typing import TYPE_CHECKING, Any
 
+from .domains import ascii_domain
 from .message import MessageInput, strip_bcc
 
 if TYPE_CHECKING:
@@ -81,18 +82,14 @@ def _check_characters(address: object, what: str) -> str:
 
 def ascii_address(address: str) -> str | None:
     """``address`` with its domain in IDNA A-label form, or None when it cannot be ASCII
-    (a local part that is not ASCII, or a domain IDNA cannot encode without loss)."""
+    (a local part that is not ASCII, or a domain IDNA cannot encode unchanged)."""
     if address.isascii():
         return address
     local, at, domain = address.rpartition("@")
     if not at or not local.isascii():
         return None
-    try:
-        a_label = domain.encode("idna").decode("ascii")
-        lossless = a_label.encode("ascii").decode("idna") == domain.casefold()
-    except UnicodeError:
-        return None
-    return f"{local}@{a_label}" if lossless else None
+    ascii_form = ascii_domain(domain)
+    return None if ascii_form is None else f"{local}@{ascii_form}"
 
 
 def xtext(value: str) -> str:
@@ -215,14 +212,17 @@ class Envelope:
     size: int | None = None
     use_8bit_mime: bool = False
     dsn: DSN | None = None
-    #: True when an address needs SMTPUTF8 (RFC 6531): a local part that is not ASCII,
-    #: or a domain with no lossless IDNA form; computed from the addresses.
+    #: True when an address is not ASCII; computed.  Sent with SMTPUTF8 when the server
+    #: offers it (addresses and headers as written), else in ASCII if they can be.
     is_international: bool = field(init=False, repr=False, compare=False)
-    #: The sender and recipients as they go on the wire: internationalised domains in
-    #: their IDNA A-label form (``bücher.example`` -> ``xn--bcher-kva.example``) unless
-    #: the envelope needs SMTPUTF8 anyway; computed.
-    wire_mail_from: str = field(init=False, repr=False, compare=False)
-    wire_rcpt_to: tuple[str, ...] = field(init=False, repr=False, compare=False)
+    #: True when an address cannot be ASCII at all (a local part that is not ASCII, or
+    #: a domain IDNA cannot encode unchanged): only SMTPUTF8 can carry it; computed.
+    needs_smtputf8: bool = field(init=False, repr=False, compare=False)
+    #: The sender and recipients with internationalised domains in IDNA A-label form
+    #: (``bücher.example`` -> ``xn--bcher-kva.example``), for a server without SMTPUTF8;
+    #: as written where that cannot be done (then ``needs_smtputf8``); computed.
+    ascii_mail_from: str = field(init=False, repr=False, compare=False)
+    ascii_rcpt_to: tuple[str, ...] = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
         check_address(self.mail_from, "sender")
@@ -230,13 +230,12 @@ class Envelope:
         if not recipients:
             raise ValueError("an envelope needs at least one recipient")
         object.__setattr__(self, "rcpt_to", recipients)
-        ascii_forms = [ascii_address(a) for a in (self.mail_from, *recipients)]
-        international = None in ascii_forms
-        object.__setattr__(self, "is_international", international)
         given = [self.mail_from, *recipients]
-        wire = given if international else [a for a in ascii_forms if a is not None]
-        object.__setattr__(self, "wire_mail_from", wire[0])
-        object.__setattr__(self, "wire_rcpt_to", tuple(wire[1:]))
+        ascii_forms = [ascii_address(a) or a for a in given]
+        object.__setattr__(self, "is_international", not all(a.isascii() for a in given))
+        object.__setattr__(self, "needs_smtputf8", not all(a.isascii() for a in ascii_forms))
+        object.__setattr__(self, "ascii_mail_from", ascii_forms[0])
+        object.__setattr__(self, "ascii_rcpt_to", tuple(ascii_forms[1:]))
         if self.size is not None and (not isinstance(self.size, int) or self.size < 0):
             raise ValueError(f"envelope size must be a non-negative int, not {self.size!r}")
         if self.dsn is not None and not isinstance(self.dsn, DSN):

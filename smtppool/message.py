@@ -4,7 +4,8 @@
 dots, one chunk at a time with one byte of carried state, so no byte sequence in a body
 can end the data early or smuggle a second message.  :func:`prepare_message` turns an
 ``EmailMessage``, bytes, str, binary file or iterable of chunks into chunks without
-ever reading a file whole.  Pure functions; no sockets, threads or clocks.
+ever reading a file whole.  Pure functions; no sockets or threads (adding a missing
+``Date`` reads the clock).
 """
 
 from __future__ import annotations
@@ -19,6 +20,8 @@ from dataclasses import dataclass
 from email.generator import BytesGenerator
 from email.message import Message
 from typing import Any, BinaryIO
+
+from .domains import ascii_domain
 
 __all__ = [
     "CHUNK_BYTES",
@@ -37,6 +40,9 @@ MessageInput = Message | bytes | bytearray | memoryview | str | BinaryIO | Itera
 #: A line that starts with a dot (after the first): the only case dot-stuffing changes.
 _DOT_LINE = re.compile(rb"\n\.")
 _HEADER_END = re.compile(rb"\r?\n\r?\n")
+#: The headers that hold addresses (RFC 5322 3.6.2, 3.6.3 and 3.6.6).
+_ADDRESS_HEADERS = ("From", "Sender", "Reply-To", "To", "Cc",
+                    "Resent-From", "Resent-Sender", "Resent-To", "Resent-Cc")  # fmt: skip
 _BCC_FIELD = re.compile(rb"^(?:resent-)?bcc:.*(?:\r?\n[ \t].*)*\r?\n", re.IGNORECASE | re.MULTILINE)
 
 
@@ -102,34 +108,64 @@ class MessageSource:
 
 
 def flatten_message(
-    message: Message, *, international: bool = False, add_missing_headers: bool = True
+    message: Message,
+    *,
+    international: bool = False,
+    ascii_domains: bool = False,
+    add_missing_headers: bool = True,
 ) -> bytes:
-    """Serialise like :meth:`smtplib.SMTP.send_message`: CRLF, Bcc and Resent-Bcc removed,
-    and, with ``add_missing_headers``, ``Date`` and ``Message-ID`` added when missing (as
-    Django, Flask-Mail and Nodemailer do).  The caller's message is left as it was."""
+    """Serialise like :meth:`smtplib.SMTP.send_message`: CRLF, Bcc and Resent-Bcc removed.
+    The caller's message is left as it was.
+
+    :param international: UTF-8 headers (RFC 6532), for an SMTPUTF8 session.
+    :param ascii_domains: rewrite internationalised domains in address headers to their
+        IDNA A-labels, for a server without SMTPUTF8.
+    :param add_missing_headers: add ``Date`` and ``Message-ID`` when missing (and
+        ``Resent-Date``/``Resent-Message-ID`` to a resent message), as Django,
+        Flask-Mail and Nodemailer do.  This reads the clock.
+    """
     message = copy.copy(message)
     del message["Bcc"]  # each del gives the copy a header list of its own
     del message["Resent-Bcc"]
+    if ascii_domains:
+        _rewrite_domains(message)
     if add_missing_headers:
-        if message["Date"] is None:
-            message["Date"] = email.utils.formatdate(localtime=True)
-        if message["Message-ID"] is None:
-            message["Message-ID"] = email.utils.make_msgid(domain=_sender_domain(message))
+        _add_date_and_message_id(message, "")
+        if message["Resent-From"] is not None:
+            _add_date_and_message_id(message, "Resent-")
     policy = message.policy.clone(utf8=True) if international else message.policy  # type: ignore[call-arg]
     buffer = io.BytesIO()
     BytesGenerator(buffer, policy=policy).flatten(message, linesep="\r\n")
     return buffer.getvalue()
 
 
-def _sender_domain(message: Message) -> str:
-    """The From domain, in ASCII, for a Message-ID (``make_msgid`` would otherwise look
-    up this host's name)."""
-    address = email.utils.parseaddr(str(message["From"] or ""))[1]
-    domain = address.rpartition("@")[2]
-    try:
-        return domain.encode("idna").decode("ascii") if domain else "smtppool.invalid"
-    except UnicodeError:
-        return "smtppool.invalid"
+def _add_date_and_message_id(message: Message, prefix: str) -> None:
+    if message[prefix + "Date"] is None:
+        message[prefix + "Date"] = email.utils.formatdate(localtime=True)
+    if message[prefix + "Message-ID"] is None:
+        sender = email.utils.parseaddr(str(message[prefix + "From"] or ""))[1]
+        domain = ascii_domain(sender.rpartition("@")[2]) or "smtppool.invalid"
+        message[prefix + "Message-ID"] = email.utils.make_msgid(domain=domain)  # no DNS
+
+
+def _rewrite_domains(message: Message) -> None:
+    """Address headers with their internationalised domains as A-labels (local parts and
+    display names as they are; a display name is encoded as RFC 2047 allows)."""
+    for name in _ADDRESS_HEADERS:
+        values = [str(v) for v in message.get_all(name) or []]
+        if all(value.isascii() for value in values):
+            continue
+        del message[name]
+        for value in values:
+            message[name] = ", ".join(
+                email.utils.formataddr((display, _ascii_domain_of(address)))
+                for display, address in email.utils.getaddresses([value])
+            )
+
+
+def _ascii_domain_of(address: str) -> str:
+    local, at, domain = address.rpartition("@")
+    return f"{local}@{ascii_domain(domain) or domain}" if at else address
 
 
 def strip_bcc(raw: bytes) -> bytes:
@@ -185,6 +221,7 @@ def prepare_message(
     message: MessageInput,
     *,
     international: bool = False,
+    ascii_domains: bool = False,
     add_missing_headers: bool = True,
     chunk_size: int = CHUNK_BYTES,
 ) -> MessageSource:
@@ -196,7 +233,10 @@ def prepare_message(
     """
     if isinstance(message, Message):
         message = flatten_message(
-            message, international=international, add_missing_headers=add_missing_headers
+            message,
+            international=international,
+            ascii_domains=ascii_domains,
+            add_missing_headers=add_missing_headers,
         )
     elif isinstance(message, str):
         message = message.encode("utf-8")

@@ -5,8 +5,8 @@ port (port 0 picks a free one) and records every message it accepts.  Beyond wha
 aiosmtpd does it can advertise and honour PIPELINING, DSN and CHUNKING (BDAT), check
 CRAM-MD5 and XOAUTH2 logins (over plaintext too: it is a development server on
 loopback), and refuse chosen recipients, so clients can be exercised against a real
-server.  Its memory stays bounded: a BDAT chunk over the size limit is refused before it
-is read, connections are capped, and ``keep_messages=False`` keeps nothing once
+server.  Its memory stays bounded: a BDAT chunk over the size limit is read and dropped
+in small pieces, connections are capped, and ``keep_messages=False`` keeps nothing once
 ``on_message`` has it.  aiosmtpd is imported only when a sink is made.
 """
 
@@ -76,8 +76,8 @@ class Sink:
         ``on_message`` sees it, so a long run's memory stays flat).
     :param max_connections: sessions served at once; the next is greeted with 421.
     :param smtp_options: passed on to :class:`aiosmtpd.smtp.SMTP` (``data_size_limit``,
-        ``auth_require_tls`` (default False here), ``timeout`` ...); an unknown name is
-        a ``TypeError``.
+        ``auth_require_tls`` (here True only with ``tls_context``), ``timeout`` ...); an
+        unknown name is a ``TypeError``.
     """
 
     def __init__(
@@ -367,7 +367,9 @@ def _server_class(lmtp: bool) -> Any:
                 "enable_SMTPUTF8": True,
                 "tls_context": sink.tls_context,
                 "authenticator": self._check_login,
-                "auth_require_tls": False,  # a development server: logins over plaintext
+                # A development server takes logins over plaintext, unless it offers
+                # STARTTLS: then, as a real server would, only after it.
+                "auth_require_tls": sink.tls_context is not None,
             }
             excluded = set()
             if not sink.credentials:

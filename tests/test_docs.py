@@ -15,7 +15,6 @@ DOCS = Path(__file__).resolve().parent.parent / "docs"
 @pytest.mark.slow
 @pytest.mark.timeout(300)
 def test_the_docs_build_without_a_warning(tmp_path: Path) -> None:
-    pytest.importorskip("sphinx")
     result = subprocess.run(
         [sys.executable, "-m", "sphinx", "-W", "--keep-going", "-q", "-b", "html",
          str(DOCS), str(tmp_path / "html")],

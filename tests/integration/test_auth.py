@@ -76,7 +76,7 @@ def test_wrong_password(smtpd: SinkFactory, client_tls: dict[str, Any], method: 
 
 
 def test_no_auth_offered_before_tls(smtpd: SinkFactory) -> None:
-    sink = smtpd(tls="starttls", credentials=USERS, auth_require_tls=True)
+    sink = smtpd(tls="starttls", credentials=USERS)
     conn = SMTPConnection(
         host="127.0.0.1", port=sink.port, ignore_tls=True, auth=("alice@x.org", "correct horse")
     )

@@ -19,8 +19,8 @@ import trustme
 
 import smtppool
 from smtppool import Envelope, SMTPConnection
-from smtppool.batch import iter_items
-from smtppool.cli import main, printable
+from smtppool.batch import BatchReport, Outcome, iter_items
+from smtppool.cli import _plain_progress, _print_summary, main, printable
 from smtppool.sink import Sink
 
 from ..faults import Faults, FaultServer
@@ -492,3 +492,63 @@ def test_a_user_in_the_url_gets_its_password_like_one_from_user(
     both = [*args[:-2], "--user", "u", "--password", "pw", "--password-file", "f"]
     assert main(both) == 2  # argparse: not allowed together
     assert "not allowed with argument" in capsys.readouterr().err
+
+
+def test_resume_matches_ids_and_content_and_refuses_a_report_that_matches_nothing(
+    smtpd: SinkFactory, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    sink = smtpd()
+    outbox = tmp_path / "outbox"
+    outbox.mkdir()
+    for i in range(3):
+        (outbox / f"{i}.eml").write_bytes(eml(i))
+    report = tmp_path / "fates.json"
+    assert main(["send", str(outbox), "--url", sink.url, "--report", str(report)]) == 0
+    (outbox / "1.eml").write_bytes(eml(1, to="changed@x.org"))  # edited since: not the same
+    args = ["send", str(outbox), "--url", sink.url, "--resume", str(report)]
+    assert main(args) == 0
+    out = capsys.readouterr().out
+    assert (
+        "skipping 2 message(s) already sent" in out
+        and "1 sent then are not here or have changed" in out
+    )
+    assert [m.rcpt_tos for m in sink.messages][3:] == [("changed@x.org",)]
+    other = tmp_path / "elsewhere"
+    other.mkdir()
+    (other / "0.eml").write_bytes(eml(0))
+    assert main(["send", str(other), "--url", sink.url, "--resume", str(report)]) == 2
+    assert "none of the 3 message(s)" in capsys.readouterr().err
+    assert len(sink.messages) == 4  # nothing sent twice by mistake
+
+
+def test_failures_differing_in_their_reply_code_are_kept_apart(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    def failed(index: int, response: str) -> Outcome:
+        error = {
+            "code": "EENVELOPE",
+            "message": "every recipient was refused",
+            "response": response,
+        }
+        return Outcome(f"m{index}", "failed", response=response, error=error)
+
+    report = BatchReport(
+        [failed(1, "550 5.1.1 no"), failed(2, "450 4.1.1 later"), failed(3, "550 5.1.1 no")]
+    )
+    _print_summary(report, None)
+    err = capsys.readouterr().err
+    assert "failed x2: EENVELOPE: every recipient was refused (550 5.1.1 no)" in err
+    assert "failed x1: EENVELOPE: every recipient was refused (450 4.1.1 later)" in err
+
+
+def test_a_stopped_plain_progress_bar_ends_where_the_batch_did(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    progress = _plain_progress(100, "sending")
+    advance = next(progress)
+    for _ in range(5):
+        advance()
+    with pytest.raises(StopIteration):
+        next(progress)
+    err = capsys.readouterr().err
+    assert "5/100" in err and err.endswith("\n") and "100/100" not in err

@@ -435,6 +435,30 @@ def test_an_idn_domain_goes_in_a_label_form_to_a_server_without_smtputf8(
         with pytest.raises(EnvelopeError, match="<jörg@x.org>: not ASCII") as info:
             conn.send(Envelope("app@x.org", ["ann@x.org", "jörg@x.org"]), b"hi\r\n")
         assert not info.value.delivery_unknown
+        for refused in ("faß.de", "ﬀ.example", "ς.example"):  # IDNA 2003 would change them
+            with pytest.raises(EnvelopeError, match=f"<a@{refused}>: not ASCII"):
+                conn.send(Envelope("app@x.org", f"a@{refused}"), b"hi\r\n")
+        message = EmailMessage()
+        message["From"], message["To"] = "Jörg <app@bücher.example>", "ann@München.example"
+        message.set_content("hello")
+        conn.send(Envelope("app@bücher.example", "ann@München.example"), message)
+    first, second = sink.messages
+    assert first.mail_from == second.mail_from == "app@xn--bcher-kva.example"
+    assert first.rcpt_tos == ("ann@xn--mnchen-3ya.example",)
+    # without SMTPUTF8 the headers go in ASCII too: A-labels, the display name RFC 2047
+    assert b"From: =?utf-8?q?J=C3=B6rg?= <app@xn--bcher-kva.example>" in second.data
+    assert b"To: ann@xn--mnchen-3ya.example" in second.data and second.data.isascii()
+
+
+def test_an_idn_domain_goes_as_written_to_a_server_with_smtputf8(smtpd: SinkFactory) -> None:
+    """Headers stay UTF-8 (RFC 6532) in an SMTPUTF8 session: without that, an address
+    domain came out as an encoded-word, which no reply can reach."""
+    sink = smtpd()
+    message = EmailMessage()
+    message["From"], message["To"] = "app@bücher.example", "ann@münchen.example"
+    message.set_content("hello")
+    with connect(sink) as conn:
+        conn.send(Envelope("app@bücher.example", "ann@münchen.example"), message)
     [received] = sink.messages
-    assert received.mail_from == "app@xn--bcher-kva.example"
-    assert received.rcpt_tos == ("ann@xn--mnchen-3ya.example",)
+    assert received.mail_from == "app@bücher.example" and "SMTPUTF8" in received.mail_options
+    assert "From: app@bücher.example".encode() in received.data

@@ -144,7 +144,7 @@ def replies(reader: Any, count: int) -> list[bytes]:
     return finals
 
 
-def test_a_bdat_chunk_before_mail_or_over_the_limit_is_refused_unread(
+def test_a_bdat_chunk_before_mail_or_over_the_limit_is_refused_and_dropped(
     smtpd: Callable[..., Sink],
 ) -> None:
     """The chunk was read into memory before the checks; both refusals now come after
