@@ -126,7 +126,8 @@ def _mailbox_items(box: mailbox.Mailbox[Any], label: str) -> Iterator[Item]:
 
 def iter_items(paths: Iterable[str | Path]) -> Iterator[Item]:
     """Expand paths lazily: a Maildir (has ``cur``/``new``), a directory of ``*.eml``
-    files (sorted), an mbox file (starts with ``From ``), or a single message file.
+    files (sorted), an mbox file (its first line starts with "From" and a space), or a
+    single message file.
 
     :raises FileNotFoundError: a path does not exist.
     """
