@@ -18,6 +18,7 @@ from setuptools.command.build_ext import build_ext
 
 #: The modules every message passes through, in the order of the layers (see README, Design).
 COMPILED = [
+    "smtppool/replies.py",
     "smtppool/protocol.py",
     "smtppool/message.py",
     "smtppool/connection.py",

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import getpass
+import importlib.metadata
 import json
 import mailbox
 import os
@@ -27,7 +28,6 @@ from email.message import EmailMessage
 from pathlib import Path
 from typing import Any, TextIO
 
-from . import __version__
 from .batch import BatchReport, Outcome, content_digest, iter_items, run_batch
 from .config import Options
 from .connection import SMTPConnection
@@ -562,7 +562,8 @@ def _parser() -> argparse.ArgumentParser:
         epilog=EXAMPLES,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    parser.add_argument("--version", action="version", version=f"smtppool {__version__}")
+    version = importlib.metadata.version("smtppool")
+    parser.add_argument("--version", action="version", version=f"smtppool {version}")
     commands = parser.add_subparsers(dest="command", required=True)
 
     send = commands.add_parser(

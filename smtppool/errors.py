@@ -12,7 +12,7 @@ import ssl
 from typing import TYPE_CHECKING, TypeVar
 
 if TYPE_CHECKING:
-    from .protocol import Reply
+    from .replies import Reply
 
 __all__ = [
     "AuthenticationError",

@@ -28,6 +28,7 @@ __all__ = [
     "DataEncoder",
     "MessageInput",
     "MessageSource",
+    "flatten_message",
     "prepare_message",
     "strip_bcc",
 ]

@@ -24,7 +24,14 @@ from typing import Protocol, runtime_checkable
 
 from .errors import PoolClosedError
 
-__all__ = ["ConnectionLease", "Limiter", "RateLimiter", "SlidingWindow"]
+__all__ = [
+    "FREE_LEASE",
+    "MAX_WAIT_STEP",
+    "ConnectionLease",
+    "Limiter",
+    "RateLimiter",
+    "SlidingWindow",
+]
 
 
 class ConnectionLease(Protocol):

@@ -11,7 +11,16 @@ import smtppool
 
 PACKAGE = Path(smtppool.__file__).parent
 FORBIDDEN = {"socket", "ssl", "select", "selectors", "threading", "time", "concurrent", "asyncio"}
-PURE = ["protocol.py", "message.py", "auth.py", "envelope.py", "errors.py", "pushback.py"]
+PURE = [
+    "replies.py",
+    "domains.py",
+    "protocol.py",
+    "message.py",
+    "auth.py",
+    "envelope.py",
+    "errors.py",
+    "pushback.py",
+]
 
 
 def imported_modules(path: Path) -> set[str]:
@@ -35,3 +44,71 @@ def test_pure_modules_import_no_io(module: str) -> None:
 def test_only_connection_and_sink_open_sockets() -> None:
     users = {p.name for p in PACKAGE.glob("*.py") if "socket" in imported_modules(p)}
     assert users <= {"connection.py", "sink.py"}
+
+
+#: The package's layers, bottom first.  A module may import from the layers below its
+#: own, never from its own or one above (so there is no import circle, type-only
+#: imports included); the same list is drawn in README's Design section.
+LAYERS: list[set[str]] = [
+    {"replies", "domains"},  # values that import nothing from the package
+    {"errors"},
+    {"message", "auth", "pushback", "ratelimit"},
+    {"envelope", "oauth2"},
+    {"protocol", "config"},
+    {"connection"},
+    {"pool"},
+    {"batch", "sink", "contrib.redis_limiter"},
+    {"testing", "contrib.django", "contrib.flask", "contrib.celery"},
+    {"cli"},
+    {"__main__", "__init__", "contrib.__init__"},
+]
+
+
+def package_imports(path: Path) -> set[str]:
+    """The package modules ``path`` imports, as dotted names below ``smtppool``."""
+    return relative_imports(path.read_text(), path.relative_to(PACKAGE).with_suffix("").parts)
+
+
+def relative_imports(source: str, module: tuple[str, ...]) -> set[str]:
+    """The package modules ``source`` (the module ``module``) imports: relative imports
+    at any depth, type-only ones too."""
+    found: set[str] = set()
+    for node in ast.walk(ast.parse(source)):
+        if isinstance(node, ast.ImportFrom) and node.level:
+            base = list(module[: len(module) - node.level])
+            if node.module:
+                found.add(".".join([*base, *node.module.split(".")]))
+                continue
+            for alias in node.names:  # from . import x: a module, or a name of __init__
+                name = ".".join([*base, alias.name])
+                is_module = (PACKAGE / f"{name.replace('.', '/')}.py").exists()
+                found.add(name if is_module else ".".join(base))
+    return found
+
+
+def layer_of(name: str) -> int:
+    name = {"contrib": "contrib.__init__", "": "__init__"}.get(name, name)
+    return next(i for i, layer in enumerate(LAYERS) if name in layer)
+
+
+def all_modules() -> list[Path]:
+    return sorted(PACKAGE.rglob("*.py"))
+
+
+def test_every_module_has_a_layer() -> None:
+    names = {".".join(p.relative_to(PACKAGE).with_suffix("").parts) for p in all_modules()}
+    assert names == set().union(*LAYERS)
+
+
+@pytest.mark.parametrize("path", all_modules(), ids=lambda p: str(p.relative_to(PACKAGE)))
+def test_imports_go_down_the_layers_only(path: Path) -> None:
+    name = ".".join(path.relative_to(PACKAGE).with_suffix("").parts)
+    upward = [m for m in package_imports(path) if layer_of(m) >= layer_of(name)]
+    assert not upward, f"{name} (layer {layer_of(name)}) imports {upward} from its layer or above"
+
+
+def test_an_upward_import_is_caught() -> None:
+    """The check itself: errors importing the protocol (as it once did, for a type)."""
+    source = (PACKAGE / "errors.py").read_text() + "\nfrom .protocol import Reply\n"
+    upward = [m for m in relative_imports(source, ("errors",)) if layer_of(m) >= 1]
+    assert upward == ["protocol"]
