@@ -160,6 +160,7 @@ def test_an_international_message_is_flattened_as_the_pool_sends_it() -> None:
     message["From"] = "jörg@example.test"
     message["To"] = "a@example.test"
     message["Subject"] = "Grüße"
+    message["Date"], message["Message-ID"] = "Sun, 06 Dec 2026 03:03:03 +0000", "<g@example.test>"
     message.set_content("body\n")
     raw = base64.b64decode(encode(message)["raw"])
     assert raw == flatten_message(message, international=True)
