@@ -1,20 +1,20 @@
-"""Build smtppool; its per-message modules are compiled with mypyc when that can be done.
+"""Build smtppool: plain Python, or, with ``SMTPPOOL_COMPILE=1``, compiled with mypyc.
 
 The compiled modules are the same typed Python source, turned into C by mypyc: about
-a third less CPU per message.  Without a C compiler, or with ``SMTPPOOL_PURE_PYTHON=1``
-in the environment, the package installs as plain Python and behaves the same.
+a third less CPU per message.  Compiling is a build step for wheels
+(``SMTPPOOL_COMPILE=1 python3 -m pip wheel --no-deps -w dist .``; the build backend in
+``tools/`` then adds a pinned mypy to the build requirements); every other install,
+editable ones included, is plain Python, so an edit to a ``.py`` file takes effect.
 Metadata lives in setup.cfg.
 """
 
 from __future__ import annotations
 
 import os
-import sys
 from pathlib import Path
 from typing import Any
 
 from setuptools import setup
-from setuptools.command.build_ext import build_ext
 
 #: The modules every message passes through, in the order of the layers (see README, Design).
 COMPILED = [
@@ -38,37 +38,16 @@ def remove_compiled_modules(keep: list[str] | None = None) -> None:
         shared.unlink()
 
 
-def fall_back(reason: object) -> None:
-    remove_compiled_modules()
-    print(f"smtppool: not compiled ({reason}); installing pure Python", file=sys.stderr)
-
-
-class OptionalBuildExt(build_ext):
-    """Compile the extensions, or leave none behind and install plain Python."""
-
-    def run(self) -> None:
-        try:
-            super().run()
-        except Exception as exc:  # no compiler, no headers: the source still works
-            # The compiled modules share one library: a partial set would fail on import.
-            for ext in self.extensions:
-                Path(self.get_ext_fullpath(ext.name)).unlink(missing_ok=True)
-            self.extensions = []
-            fall_back(exc)
-
-
 def extensions() -> list[Any]:
-    if os.environ.get("SMTPPOOL_PURE_PYTHON"):
-        fall_back("SMTPPOOL_PURE_PYTHON is set")
+    """The compiled modules when ``SMTPPOOL_COMPILE=1`` asks for them, else none (and
+    none left from an older build to shadow the source)."""
+    if os.environ.get("SMTPPOOL_COMPILE") != "1":
+        remove_compiled_modules()
         return []
     remove_compiled_modules(keep=COMPILED)
-    try:
-        from mypyc.build import mypycify
+    from mypyc.build import mypycify  # a compiled build must compile: no quiet fallback
 
-        return list(mypycify(COMPILED, opt_level="3"))
-    except (Exception, SystemExit) as exc:  # mypy missing, or it refused the source
-        fall_back(repr(exc))
-        return []
+    return list(mypycify(COMPILED, opt_level="3"))
 
 
-setup(ext_modules=extensions(), cmdclass={"build_ext": OptionalBuildExt})
+setup(ext_modules=extensions())

@@ -141,10 +141,10 @@ for {results["rounds"]} rounds and the table gives medians, min-max, client CPU 
 message and the ratio smtppool pool / client.  A run's clock stops when its last message
 is accepted, before the QUITs (Nodemailer's script stops it before ``close()``; the
 Python clients mark the moment); ``smtp-source`` is timed as a whole process.
-"smtppool" is the default install, whose per-message modules mypyc compiled:
-{compiled}.
-"pure Python" imports a source-only copy of the package, as an install without a C
-compiler (or with ``SMTPPOOL_PURE_PYTHON=1``) would.
+"smtppool" is the measured install; mypyc had compiled: {compiled} (run the benchmark
+from the compiled wheel, ``SMTPPOOL_COMPILE=1 pip wheel``, for the compiled figures).
+"pure Python" imports a source-only copy of the package, as a source or editable
+install does.
 Machine: {machine["cpus"]} cores, Python {machine["python"]}.  Figures here swing by tens
 of percent between runs; only ratios within one run are meaningful.  The last three
 columns come from ``/proc/stat`` during each run (medians): how much of the client's core

@@ -42,8 +42,8 @@ def pytest_report_header() -> str:
 
 
 def pytest_sessionstart(session: pytest.Session) -> None:
-    """Refuse to test compiled modules older than their source (an edit since the last
-    ``pip install -e .`` would go untested), or pure Python where CI expects compiled."""
+    """Refuse to test compiled modules older than their source (an edit since the wheel
+    was built would go untested), or pure Python where CI expects compiled."""
     compiled = smtppool.compiled_modules()
     if os.environ.get("SMTPPOOL_EXPECT_COMPILED") and not compiled:
         pytest.exit("SMTPPOOL_EXPECT_COMPILED is set but smtppool was installed as pure Python")
@@ -52,8 +52,9 @@ def pytest_sessionstart(session: pytest.Session) -> None:
         source = binary.with_name(name.rpartition(".")[2] + ".py")
         if source.exists() and source.stat().st_mtime > binary.stat().st_mtime + INSTALL_SKEW:
             pytest.exit(
-                f"{binary.name} is older than {source.name}: rebuild it with "
-                "'python3 -m pip install -e .' (SMTPPOOL_PURE_PYTHON=1 for plain Python)"
+                f"{binary.name} is older than {source.name}: rebuild the compiled wheel "
+                "(SMTPPOOL_COMPILE=1 python3 -m pip wheel --no-deps -w dist .) or install "
+                "the checkout (python3 -m pip install -e '.[dev]')"
             )
 
 
