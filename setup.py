@@ -21,6 +21,7 @@ COMPILED = [
     "smtppool/replies.py",
     "smtppool/protocol.py",
     "smtppool/message.py",
+    "smtppool/transport.py",
     "smtppool/connection.py",
 ]
 

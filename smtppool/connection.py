@@ -1,30 +1,24 @@
-"""SMTPConnection: one blocking socket driving the sans-IO protocol.
+"""SMTPConnection: one session, its transport's bytes driving the sans-IO protocol.
 
-The only module that touches the network.  Every wait has a deadline, every low-level
-error is translated to an :class:`SMTPError` at one boundary (:meth:`_guard`), and any
-timeout, protocol error or connection loss closes the socket, so a desynchronised
+The socket, its deadlines and the translation of low-level errors live in
+:mod:`smtppool.transport`; here every public operation runs inside :meth:`_guard`, and
+any timeout, protocol error or connection loss closes the socket, so a desynchronised
 session can never be reused.
 """
 
 from __future__ import annotations
 
 import contextlib
-import functools
-import ipaddress
 import logging
-import select
 import socket
 import ssl
-import struct
-import sys
-import threading
 import time
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from types import TracebackType
 from typing import Any, NoReturn
 
 from .auth import Credentials, choose_mechanism, make_mechanism
-from .config import Options, make_ssl_context, normalise_auth
+from .config import Options, normalise_auth
 from .envelope import Envelope, SendResult, ascii_address
 from .errors import (
     AuthenticationError,
@@ -39,11 +33,10 @@ from .errors import (
 from .message import MessageInput, MessageSource, prepare_message
 from .oauth2 import OAuth2
 from .protocol import Extensions, Reply, SMTPProtocol, State, decode_challenge
+from .transport import Transport, local_fqdn, translate
 
 __all__ = ["SMTPConnection", "quit_all"]
 
-#: Bytes asked of the socket per ``recv``.
-READ_CHUNK_BYTES = 64 * 1024
 #: Longest wait for the reply to QUIT: a graceful goodbye must not hold a shutdown.
 QUIT_TIMEOUT = 10.0
 #: Most BDAT chunks sent ahead of their replies under PIPELINING (64 KiB each from files
@@ -56,51 +49,12 @@ MAX_AUTH_ROUNDS = 10
 _FATAL = (ConnectError, SMTPTimeoutError, TLSError, ProtocolError)
 
 
-#: A socket timeout up to this much longer than asked for is left as it is: resetting it
-#: costs a system call per read, and a deadline this late by milliseconds is harmless.
-TIMEOUT_SLACK = 0.005
-
-
-#: On Linux a plaintext session's socket is left blocking and the kernel times out each
-#: recv/send (SO_RCVTIMEO/SO_SNDTIMEO): CPython polls before every call on a socket that
-#: has a Python timeout, one extra system call and GIL hand-off per read and per write.
-#: TLS sockets keep Python timeouts (a blocking SSL read retries a kernel timeout forever).
-KERNEL_TIMEOUTS = sys.platform.startswith("linux")
-
-
-def _set_timeout(sock: socket.socket, seconds: float) -> None:
-    current = sock.gettimeout()  # no system call, unlike settimeout()
-    if current is None or not seconds <= current <= seconds + TIMEOUT_SLACK:
-        sock.settimeout(seconds)
-
-
-def _set_kernel_timeout(sock: socket.socket, seconds: float) -> None:
-    whole = int(seconds)
-    # At least 1 µs: a zero timeval means "no timeout", which would block forever.
-    micros = max(int((seconds - whole) * 1e6), 0 if whole else 1)
-    value = struct.pack("ll", whole, micros)
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVTIMEO, value)
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDTIMEO, value)
-
-
 def _lost_after_end_of_data(exc: ConnectError | SMTPTimeoutError) -> None:
     """A connection lost after the end of the data, with no verdict, may have delivered
     the message.  When the write of the end itself failed part-way this is conservative:
     the terminator may not have left."""
     if exc.response_code is None:
         exc.delivery_unknown = True
-
-
-@functools.lru_cache(maxsize=1)
-def _local_fqdn() -> str:
-    return socket.getfqdn()
-
-
-def _address_literal(sock: socket.socket) -> str:
-    address = sock.getsockname()[0] if sock.family in (socket.AF_INET, socket.AF_INET6) else ""
-    if not address:
-        return "[127.0.0.1]"
-    return f"[IPv6:{address}]" if ":" in address else f"[{address}]"
 
 
 class SMTPConnection:
@@ -181,19 +135,12 @@ class SMTPConnection:
             options = options.replace(**settings)
         self.options = options
         self._given_sock = sock
-        self._sock: socket.socket | None = None
-        #: Set by abort(): the session was cut from another thread.
-        self._aborted = False
-        #: The kernel timeout armed on a blocking plaintext socket, or None while the
-        #: socket uses Python timeouts (TLS, or a platform without kernel timeouts).
-        self._kernel_timeout: float | None = None
+        self._transport = Transport(options)
         self._protocol = SMTPProtocol(lmtp=options.lmtp)
         self._log = options.logger or logging.getLogger("smtppool")
         self._trace = options.transaction_log or options.debug
         #: "implicit" or "STARTTLS" once TLS is up, else None.
         self.tls_mode: str | None = None
-        #: The addresses the last dial tried, in order (a name may resolve to several).
-        self._addresses_tried: list[str] = []
         #: Why the session went on without TLS although the server offered STARTTLS
         #: (``opportunistic_tls`` only), else None.
         self.tls_fallback: str | None = None
@@ -214,15 +161,12 @@ class SMTPConnection:
     @property
     def tls_version(self) -> str | None:
         """The negotiated TLS version ("TLSv1.3"), or None without TLS."""
-        sock = self._sock
-        return sock.version() if isinstance(sock, ssl.SSLSocket) else None
+        return self._transport.tls_version
 
     @property
     def tls_cipher(self) -> str | None:
         """The negotiated cipher suite's name, or None without TLS."""
-        sock = self._sock
-        cipher = sock.cipher() if isinstance(sock, ssl.SSLSocket) else None
-        return cipher[0] if cipher else None
+        return self._transport.tls_cipher
 
     @property
     def extensions(self) -> Extensions:
@@ -235,35 +179,17 @@ class SMTPConnection:
 
     @property
     def is_connected(self) -> bool:
-        return self._sock is not None
+        return self._transport.sock is not None
 
     def __repr__(self) -> str:
         o = self.options
         return (
             f"<SMTPConnection {o.host}:{o.port} tls={self.tls_mode or 'none'} "
-            f"state={self.state.name if self._sock else 'DISCONNECTED'} "
+            f"state={self.state.name if self.is_connected else 'DISCONNECTED'} "
             f"messages={self.messages_sent}/{o.max_messages}>"
         )
 
     # -- the error boundary ------------------------------------------------------------
-
-    def _raise_translated(self, exc: OSError, doing: str) -> NoReturn:
-        """The error boundary: re-raise a socket or TLS error as its SMTPError subclass.
-
-        Called from plain ``except OSError`` clauses, which cost nothing until an error
-        happens (a context manager per read and write was measurable)."""
-        if isinstance(exc, SMTPError):
-            raise exc
-        # socket.timeout, or EAGAIN from a kernel timeout on a blocking socket
-        if isinstance(exc, (TimeoutError, BlockingIOError)):
-            raise SMTPTimeoutError(f"timed out {doing}") from exc
-        if isinstance(exc, socket.gaierror):
-            raise ConnectError(
-                f"cannot resolve {self.options.host!r}: {exc.strerror}", code="EDNS"
-            ) from exc
-        if isinstance(exc, (ssl.SSLError, ssl.CertificateError)):
-            raise TLSError(f"TLS failure {doing}: {exc}") from exc
-        raise ConnectError(f"connection failure {doing}: {exc}") from exc
 
     @contextlib.contextmanager
     def _guard(self, doing: str) -> Iterator[None]:
@@ -272,7 +198,7 @@ class SMTPConnection:
             try:
                 yield
             except OSError as exc:
-                self._raise_translated(exc, doing)
+                translate(exc, doing, self.options.host)
         except BaseException as exc:
             if isinstance(exc, _FATAL) or not self._is_clean():
                 self.close()
@@ -281,61 +207,15 @@ class SMTPConnection:
     def _is_clean(self) -> bool:
         """True when no reply is outstanding and no transaction or exchange is half done."""
         return (
-            self._sock is not None
+            self._transport.sock is not None
             and self._protocol.pending == 0
             and self._protocol.state in (State.HELLO, State.READY)
         )
 
-    def _remaining(self, deadline: float, doing: str) -> float:
-        left = deadline - time.monotonic()
-        if left <= 0:
-            raise SMTPTimeoutError(f"timed out {doing}")
-        return left
-
-    # -- raw I/O -----------------------------------------------------------------------
-
-    def _socket(self) -> socket.socket:
-        if self._sock is None:
-            raise ConnectError("not connected (connect() first, or the connection was closed)")
-        return self._sock
-
-    def _arm(self, sock: socket.socket, seconds: float) -> None:
-        """Bound the next blocking call on ``sock`` by ``seconds``."""
-        armed = self._kernel_timeout
-        if armed is None:
-            _set_timeout(sock, seconds)
-        elif not seconds <= armed <= seconds + TIMEOUT_SLACK:
-            _set_kernel_timeout(sock, seconds)
-            self._kernel_timeout = seconds
-
-    def _adopt(self, sock: socket.socket) -> socket.socket:
-        """Take a freshly opened socket; a plaintext one gets kernel timeouts where they work."""
-        self._kernel_timeout = None
-        if KERNEL_TIMEOUTS and not isinstance(sock, ssl.SSLSocket):  # get_socket may wrap
-            try:
-                _set_kernel_timeout(sock, self.options.socket_timeout)
-                sock.settimeout(None)
-                self._kernel_timeout = self.options.socket_timeout
-            except OSError:  # not a socket that takes them: Python timeouts then
-                pass
-        return sock
+    # -- replies -------------------------------------------------------------------------
 
     def _write(self, data: bytes) -> None:
-        """Send all of ``data`` within ``socket_timeout``, however slowly the peer reads."""
-        sock = self._socket()
-        timeout = self.options.socket_timeout
-        try:
-            self._arm(sock, timeout)
-            if self._kernel_timeout is None:
-                sock.sendall(data)  # the Python timeout bounds the whole call
-                return
-            deadline = time.monotonic() + timeout
-            sent = sock.send(data)  # blocking: all of it, unless the kernel timed out
-            while sent < len(data):  # a peer reading slowly gets what is left of the deadline
-                self._arm(sock, self._remaining(deadline, "sending data"))
-                sent += sock.send(memoryview(data)[sent:])
-        except OSError as exc:
-            self._raise_translated(exc, "sending data")
+        self._transport.write(data)
 
     def _read_reply(
         self,
@@ -352,19 +232,15 @@ class SMTPConnection:
         protocol = self._protocol
         reply = protocol.next_reply()  # pipelined replies often arrived together
         if reply is None:
-            sock = self._socket()
+            transport = self._transport
             if deadline is None:
                 deadline = time.monotonic() + self.options.socket_timeout
-            try:
-                while reply is None:
-                    if protocol.peer_closed:
-                        by = "aborted" if self._aborted else "closed by the server"
-                        raise ConnectError(f"connection {by} while {doing}")
-                    self._arm(sock, self._remaining(deadline, doing))
-                    protocol.receive_data(sock.recv(READ_CHUNK_BYTES))
-                    reply = protocol.next_reply()
-            except OSError as exc:
-                self._raise_translated(exc, doing)
+            while reply is None:
+                if protocol.peer_closed:
+                    by = "aborted" if transport.aborted else "closed by the server"
+                    raise ConnectError(f"connection {by} while {doing}")
+                protocol.receive_data(transport.receive(deadline, doing))
+                reply = protocol.next_reply()
         self.last_reply = reply
         if self._trace:
             self._log.debug(
@@ -389,14 +265,14 @@ class SMTPConnection:
         :raises SMTPTimeoutError: ``connection_timeout`` or ``greeting_timeout`` passed.
         :raises TLSError: the TLS handshake failed or STARTTLS was required but impossible.
         """
-        if self._sock is not None:
+        if self._transport.sock is not None:
             raise ValueError("already connected")
         try:
             self._connect()
         except SMTPError as exc:  # every connect-stage error says where it happened
             host, port = self.options.host, self.options.port
             where = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
-            tried = [a for a in self._addresses_tried if a != where]
+            tried = [a for a in self._transport.addresses_tried if a != where]
             if tried:
                 where += f" (tried {', '.join(tried)})"
             if not exc.message.startswith(where):
@@ -443,9 +319,8 @@ class SMTPConnection:
         self._protocol = SMTPProtocol(lmtp=opts.lmtp)
         self.tls_mode = self.tls_fallback = None
         deadline = time.monotonic() + opts.connection_timeout
-        self._sock = self._adopt(self._open_socket(deadline))
-        if self._aborted:  # abort() came while the socket was being opened
-            raise ConnectError("connection aborted while connecting")
+        given, self._given_sock = self._given_sock, None  # used once
+        self._transport.open(deadline, given)
         if opts.secure:
             self._start_tls(deadline, "implicit")
         greeting = self._read_reply(
@@ -457,85 +332,15 @@ class SMTPConnection:
         if starttls and not opts.secure:
             self._starttls()
 
-    def _open_socket(self, deadline: float) -> socket.socket:
-        if self._given_sock is not None:
-            sock, self._given_sock = self._given_sock, None
-            return sock
-        if self.options.get_socket is not None:
-            provided = self.options.get_socket(self.options)
-            if provided is not None:
-                if not isinstance(provided, socket.socket):
-                    raise TypeError("get_socket must return a connected socket.socket or None")
-                return provided
-        return self._dial(deadline)
-
-    def _dial(self, deadline: float) -> socket.socket:
-        """Connect to each resolved address in turn until one answers."""
-        opts = self.options
-        last_error: OSError | None = None
-        self._addresses_tried.clear()
-        for family, kind, proto, _, address in self._resolve(deadline):
-            ip, port = address[0], address[1]
-            self._addresses_tried.append(f"[{ip}]:{port}" if ":" in ip else f"{ip}:{port}")
-            sock = socket.socket(family, kind, proto)
-            try:
-                if opts.local_address:
-                    sock.bind((opts.local_address, 0))
-                sock.settimeout(self._remaining(deadline, f"connecting to {opts.host}"))
-                sock.connect(address)
-            except OSError as exc:
-                sock.close()
-                last_error = exc
-                continue
-            except BaseException:
-                sock.close()
-                raise
-            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-            return sock
-        assert last_error is not None
-        raise last_error
-
-    def _resolve(self, deadline: float) -> list[Any]:
-        """``getaddrinfo`` bounded by the connect deadline (it has no timeout of its own)."""
-        host, port = self.options.host, self.options.port
-        try:
-            ipaddress.ip_address(host)
-        except ValueError:
-            pass
-        else:  # a literal address resolves without a lookup
-            return socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
-        outcome: list[Any] = []
-        done = threading.Event()
-
-        def lookup() -> None:
-            try:
-                outcome.append(socket.getaddrinfo(host, port, type=socket.SOCK_STREAM))
-            except BaseException as exc:  # handed to the waiting thread
-                outcome.append(exc)
-            finally:
-                done.set()
-
-        threading.Thread(target=lookup, name="smtppool-resolve", daemon=True).start()
-        if not done.wait(self._remaining(deadline, f"resolving {host}")):
-            raise SMTPTimeoutError(f"timed out resolving {host}")
-        if isinstance(outcome[0], BaseException):
-            raise outcome[0]
-        result: list[Any] = outcome[0]
-        return result
-
     def _start_tls(self, deadline: float, mode: str) -> None:
-        sock = self._socket()
-        self._kernel_timeout = None
-        sock.settimeout(self._remaining(deadline, "in the TLS handshake"))
-        context = make_ssl_context(self.options.tls)
-        self._sock = context.wrap_socket(sock, server_hostname=self.options.server_hostname)
+        self._transport.start_tls(deadline)
         self.tls_mode = mode
 
     def _hello(self) -> None:
         opts = self.options
-        name = opts.name or _local_fqdn()
+        name = opts.name or local_fqdn()
         if "." not in name or not name.isascii():
-            name = _address_literal(self._socket())
+            name = self._transport.address_literal()
         reply = self._command(self._protocol.ehlo(name))
         if not reply.is_positive and not opts.lmtp:
             reply = self._command(self._protocol.helo(name))
@@ -625,14 +430,10 @@ class SMTPConnection:
         raise ProtocolError(f"AUTH {method}: more than {MAX_AUTH_ROUNDS} challenges")
 
     def _on_loopback(self) -> bool:
-        try:
-            peer = self._socket().getpeername()
-            return ipaddress.ip_address(peer[0]).is_loopback
-        except (OSError, ValueError, TypeError, IndexError):
-            return False
+        return self._transport.on_loopback()
 
     def _require(self, state: State) -> None:
-        self._socket()
+        self._transport.connected()
         if self._protocol.state != state or self._protocol.pending:
             raise ConnectError(f"connection is not ready (state {self._protocol.state.name})")
 
@@ -1080,20 +881,9 @@ class SMTPConnection:
         if not self.is_within_limits():
             return False
         opts = self.options
-        sock = self._socket()
-        buffered = isinstance(sock, ssl.SSLSocket) and sock.pending() > 0
-        if not buffered and not select.select([sock], [], [], 0)[0]:
+        data = self._transport.idle_data()
+        if data is None:
             return True
-        try:
-            sock.setblocking(False)
-            data = sock.recv(READ_CHUNK_BYTES)
-        except (BlockingIOError, ssl.SSLWantReadError, ssl.SSLWantWriteError):
-            return True  # only TLS housekeeping was pending
-        except OSError:
-            data = b""
-        finally:
-            with contextlib.suppress(OSError):
-                sock.settimeout(None if self._kernel_timeout is not None else opts.socket_timeout)
         if data:
             self._log.info(
                 "server %s spoke while idle: %r; discarding the connection", opts.host, data[:200]
@@ -1121,7 +911,7 @@ class SMTPConnection:
     def _say_quit(self) -> float | None:
         """The first half of :func:`quit_all`: write QUIT and return the deadline for its
         reply; None (and the socket closed) when there is no session to say goodbye to."""
-        if self._sock is None:
+        if self._transport.sock is None:
             return None
         try:
             with self._guard("quitting"):
@@ -1150,21 +940,14 @@ class SMTPConnection:
         returns at once and fails (a connection lost after the end of the data is
         ``delivery_unknown``, as ever), and a dial in progress stops.  The thread using
         the connection closes it when its call fails."""
-        self._aborted = True
-        sock = self._sock
-        if sock is not None:
-            with contextlib.suppress(OSError):  # the plain socket's: SSLSocket's unwraps
-                socket.socket.shutdown(sock, socket.SHUT_RDWR)
+        self._transport.abort()
 
     def close(self) -> None:
         """Close the socket at once; idempotent and never raises."""
-        sock, self._sock = self._sock, None
-        if sock is not None:
-            with contextlib.suppress(OSError):
-                sock.close()
+        self._transport.close()
 
     def __enter__(self) -> SMTPConnection:
-        if self._sock is None:
+        if self._transport.sock is None:
             self.connect()
             try:
                 self.login()

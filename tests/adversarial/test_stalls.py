@@ -121,7 +121,7 @@ def test_plaintext_sessions_are_bounded_by_kernel_timeouts(scripted: Scripted) -
     server = scripted([*hello(), expect(b"MAIL"), sleep(3)])
     conn = SMTPConnection(host=server.host, port=server.port, socket_timeout=0.5)
     conn.connect()
-    sock = conn._sock
+    sock = conn._transport.sock
     assert sock is not None and sock.gettimeout() is None  # blocking, no Python timeout
     seconds, micros = struct.unpack(
         "ll", sock.getsockopt(socket.SOL_SOCKET, socket.SO_RCVTIMEO, 16)
@@ -175,7 +175,7 @@ def test_a_socket_given_already_in_tls_keeps_python_timeouts(
         host="localhost", port=server.port, get_socket=tls_socket, socket_timeout=0.5
     )
     conn.connect()
-    sock = conn._sock
+    sock = conn._transport.sock
     assert isinstance(sock, ssl.SSLSocket) and sock.gettimeout() is not None
     _, elapsed = timed(conn.noop)
     assert 0.4 < elapsed < 2.5 and not conn.is_connected
@@ -184,7 +184,7 @@ def test_a_socket_given_already_in_tls_keeps_python_timeouts(
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="kernel timeouts: Linux only")
 def test_a_nearly_spent_deadline_is_never_armed_as_no_timeout() -> None:
     """A zero timeval means no timeout at all: the shortest one armed is 1 µs."""
-    from smtppool.connection import _set_kernel_timeout
+    from smtppool.transport import _set_kernel_timeout
 
     with socket.socket() as sock:
         _set_kernel_timeout(sock, 1e-9)

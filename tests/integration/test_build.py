@@ -26,7 +26,13 @@ def test_compiled_modules_name_the_extension_modules_all_or_none() -> None:
         assert (name in compiled) == file.endswith(tuple(EXTENSION_SUFFIXES)), name
     assert compiled in (
         [],
-        ["smtppool.connection", "smtppool.message", "smtppool.protocol", "smtppool.replies"],
+        [
+            "smtppool.connection",
+            "smtppool.message",
+            "smtppool.protocol",
+            "smtppool.replies",
+            "smtppool.transport",
+        ],
     )
 
 

@@ -108,8 +108,8 @@ def test_minimum_version_is_applied(
         secure=True,
         tls={**client_tls, "minimum_version": "TLSv1_3"},
     ) as conn:
-        assert conn._sock is not None and isinstance(conn._sock, ssl.SSLSocket)
-        assert conn._sock.version() == "TLSv1.3"
+        assert conn._transport.sock is not None and isinstance(conn._transport.sock, ssl.SSLSocket)
+        assert conn._transport.sock.version() == "TLSv1.3"
 
 
 def test_given_socket_is_upgraded_to_tls_when_secure(
