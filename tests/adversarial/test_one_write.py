@@ -8,9 +8,9 @@ from collections.abc import Callable
 import pytest
 
 from smtppool import ConnectError, Envelope, EnvelopeError, MessageError, SMTPConnection
-from smtppool.connection import BDAT_WINDOW
 from smtppool.protocol import State
 from smtppool.sink import Sink
+from smtppool.transaction import BDAT_WINDOW
 
 from ..servers import (
     Peer,

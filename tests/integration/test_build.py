@@ -31,6 +31,7 @@ def test_compiled_modules_name_the_extension_modules_all_or_none() -> None:
             "smtppool.message",
             "smtppool.protocol",
             "smtppool.replies",
+            "smtppool.transaction",
             "smtppool.transport",
         ],
     )

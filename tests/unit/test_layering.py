@@ -55,7 +55,7 @@ LAYERS: list[set[str]] = [
     {"message", "auth", "pushback", "ratelimit"},
     {"envelope", "oauth2"},
     {"protocol", "config"},
-    {"transport"},
+    {"transport", "transaction"},
     {"connection"},
     {"pool"},
     {"batch", "sink", "contrib.redis_limiter"},
