@@ -20,7 +20,6 @@ I/O never happens while the lock is held.
 
 from __future__ import annotations
 
-import functools
 import inspect
 import logging
 import os
@@ -29,18 +28,17 @@ import time
 import weakref
 from collections import deque
 from collections.abc import Iterable, Iterator, Mapping
-from concurrent.futures import FIRST_COMPLETED, Future, InvalidStateError, ThreadPoolExecutor
+from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor
 from concurrent.futures import wait as wait_for_futures
-from dataclasses import dataclass
-from email.message import Message
 from types import TracebackType
-from typing import Any, BinaryIO, NamedTuple, Protocol, cast
+from typing import Any, NamedTuple
 
 from .config import Options, describe_options
 from .connection import SMTPConnection, quit_all
 from .envelope import Envelope, SendResult, pair_with_envelope
 from .errors import ConnectError, PoolClosedError, PoolTimeoutError, SMTPError, SMTPTimeoutError
-from .message import CHUNK_BYTES, MessageInput
+from .jobs import DONE, QUEUED, SENDING, TAKEN, Completion, Job, Payload, Settleable, settle
+from .message import MessageInput
 from .pushback import (
     ConnectionLimit,
     Throttle,
@@ -65,116 +63,11 @@ HOUSEKEEPING_INTERVAL = 1.0
 SEND_MANY_WINDOW = 8
 
 EnvelopeInput = Envelope | Mapping[str, Any]
-_BYTES_LIKE = (bytes, bytearray, memoryview, str, Message)
-
-# A job's life; it changes only under the pool's lock.
-QUEUED, TAKEN, SENDING, DONE = "queued", "taken", "sending", "done"
 
 
 class _Idle(NamedTuple):
     connection: SMTPConnection
     since: float
-
-
-class _Payload:
-    """A message offered to one or more attempts: rewound, or refused once consumed."""
-
-    def __init__(self, message: MessageInput) -> None:
-        self.message = message
-        self.rewind_to: int | None = None
-        self.started = False
-        if not isinstance(message, _BYTES_LIKE) and hasattr(message, "seekable"):
-            try:
-                file = cast(BinaryIO, message)
-                if file.seekable():
-                    self.rewind_to = file.tell()
-            except (OSError, ValueError):
-                pass
-
-    @property
-    def replayable(self) -> bool:
-        return (
-            isinstance(self.message, _BYTES_LIKE) or self.rewind_to is not None or not self.started
-        )
-
-    def attempt(self) -> MessageInput:
-        message = self.message
-        if isinstance(message, _BYTES_LIKE):
-            return message
-        if self.rewind_to is not None:
-            cast(BinaryIO, message).seek(self.rewind_to)
-            return message
-        if hasattr(message, "read"):
-            read = functools.partial(cast(BinaryIO, message).read, CHUNK_BYTES)
-            return self._tracked(iter(read, b""))
-        return self._tracked(message)
-
-    def _tracked(self, chunks: Iterable[bytes]) -> Iterator[bytes]:
-        for chunk in chunks:
-            self.started = True
-            yield chunk
-
-
-class _Settleable(Protocol):
-    """What a worker needs of a message's completion: a Future, or send_many's _Completion."""
-
-    def set_running_or_notify_cancel(self) -> bool: ...
-    def set_result(self, result: SendResult) -> None: ...
-    def set_exception(self, exception: BaseException | None) -> None: ...
-
-
-class _Completion:
-    """send_many's one-shot completion: settled once, waited for once, never cancelled.
-
-    A lock held until the outcome is in; a Future builds a Condition and takes its lock
-    three times, about eight times the cost, which shows at thousands of messages a second.
-    """
-
-    __slots__ = ("_done", "_outcome")
-
-    def __init__(self) -> None:
-        self._done = threading.Lock()
-        self._done.acquire()
-        self._outcome: SendResult | BaseException | None = None
-
-    def set_running_or_notify_cancel(self) -> bool:
-        return True
-
-    def set_result(self, result: SendResult | BaseException | None) -> None:
-        if self._outcome is None:  # the first settlement counts, as with a Future
-            self._outcome = result
-            self._done.release()
-
-    set_exception = set_result
-
-    @property
-    def settled(self) -> bool:
-        return self._outcome is not None
-
-    def wait(self) -> None:
-        with self._done:
-            pass
-
-    def outcome(self) -> SendResult | SMTPError:
-        """Wait for the outcome; an error that is not an SMTPError is raised."""
-        self.wait()
-        outcome = self._outcome
-        if isinstance(outcome, BaseException) and not isinstance(outcome, SMTPError):
-            raise outcome
-        assert outcome is not None
-        return outcome
-
-
-@dataclass(eq=False, slots=True)
-class _Job:
-    payload: _Payload
-    envelope: Envelope
-    future: _Settleable
-    queued_at: float
-    state: str = QUEUED
-    retries_used: int = 0
-    stale_allowance: int = 1  # a reused connection found dead costs no retry
-    running: bool = False  # its future was told it runs (on the first attempt)
 
 
 _POOLS: weakref.WeakSet[SMTPPool] = weakref.WeakSet()
@@ -231,8 +124,8 @@ class SMTPPool:
             opts.rate_limit, opts.rate_delta
         )
         self._leases: dict[SMTPConnection, ConnectionLease] = {}
-        self._waiting: deque[_Job] = deque()  # queued, oldest first
-        self._started: set[_Job] = set()  # taken or sending
+        self._waiting: deque[Job] = deque()  # queued, oldest first
+        self._started: set[Job] = set()  # taken or sending
         self._idle: list[_Idle] = []  # the most recently used last
         self._dials: set[SMTPConnection] = set()  # being dialled
         self._in_use: set[SMTPConnection] = set()  # sending or retiring
@@ -289,10 +182,10 @@ class SMTPPool:
         return future
 
     def _enqueue(
-        self, message: MessageInput, envelope: EnvelopeInput | None, done: _Settleable
+        self, message: MessageInput, envelope: EnvelopeInput | None, done: Settleable
     ) -> None:
         message, env = pair_with_envelope(message, envelope)
-        job = _Job(_Payload(message), env, done, time.monotonic())
+        job = Job(Payload(message), env, done, time.monotonic())
         with self._lock:
             if self._closed:
                 raise PoolClosedError("the pool is closed")
@@ -353,10 +246,10 @@ class SMTPPool:
         window, while the other half keeps every connection's stream fed.
         """
         limit = window or SEND_MANY_WINDOW * self.options.max_connections
-        pending: deque[_Completion] = deque()
+        pending: deque[Completion] = deque()
         for item in messages:
             message, envelope = item if isinstance(item, tuple) else (item, None)
-            done = _Completion()
+            done = Completion()
             self._enqueue(message, envelope, done)
             pending.append(done)
             if len(pending) >= limit:
@@ -479,7 +372,7 @@ class SMTPPool:
             except RuntimeError:  # the interpreter is shutting down
                 self._workers -= 1
 
-    def _take_locked(self) -> _Job | None:
+    def _take_locked(self) -> Job | None:
         """The oldest queued job, now taken by the calling worker."""
         if not self._waiting:
             return None
@@ -488,7 +381,7 @@ class SMTPPool:
         self._started.add(job)
         return job
 
-    def _give_back_locked(self, jobs: Iterable[_Job]) -> None:
+    def _give_back_locked(self, jobs: Iterable[Job]) -> None:
         """Put taken jobs back at the head of the queue, in their order."""
         for job in reversed(list(jobs)):
             if job.state == TAKEN:
@@ -496,7 +389,7 @@ class SMTPPool:
                 self._started.discard(job)
                 self._waiting.appendleft(job)
 
-    def _withdraw_locked(self, jobs: Iterable[_Job]) -> list[_Job]:
+    def _withdraw_locked(self, jobs: Iterable[Job]) -> list[Job]:
         """Mark jobs that are not on the wire done and failed; the caller settles them."""
         withdrawn = []
         for job in jobs:
@@ -521,10 +414,10 @@ class SMTPPool:
             if state == QUEUED:
                 self._waiting.remove(job)
             self._changed.notify_all()
-        _settle(job.future, error)
+        settle(job.future, error)
         return state
 
-    def _claim(self, job: _Job) -> bool:
+    def _claim(self, job: Job) -> bool:
         """Put a taken job on the wire: False when it was withdrawn or cancelled meanwhile
         (the caller then calls ``_finish(job, None)``)."""
         with self._lock:
@@ -535,7 +428,7 @@ class SMTPPool:
             job.state, job.running = SENDING, True
             return True
 
-    def _finish(self, job: _Job, outcome: SendResult | BaseException | None) -> None:
+    def _finish(self, job: Job, outcome: SendResult | BaseException | None) -> None:
         """A started job is over: count it and free its place (one lock round, before the
         caller can see the outcome), settle it, then tell on_idle.  ``outcome`` is None
         for a job cancelled by its caller; a job already withdrawn is left alone."""
@@ -551,7 +444,7 @@ class SMTPPool:
                 self._counts["failed"] += 1
             has_capacity = len(self._waiting) + len(self._started) < self.options.max_connections
         if outcome is not None:
-            _settle(job.future, outcome)
+            settle(job.future, outcome)
         if has_capacity and self.options.on_idle is not None:
             try:
                 self.options.on_idle()
@@ -570,7 +463,7 @@ class SMTPPool:
             self._changed.notify_all()
         reason = "close() timed out before it was sent" if cut else "the pool was closed"
         for job in withdrawn:
-            _settle(job.future, PoolClosedError(f"not sent: {reason}"))
+            settle(job.future, PoolClosedError(f"not sent: {reason}"))
         for connection in connections:
             connection.abort()
         self._limiter.close()  # a worker waiting for its turn to send wakes, and sends nothing
@@ -580,7 +473,7 @@ class SMTPPool:
     def _work_loop(self) -> None:
         """A worker: send waiting messages while it has a connection for them, then end."""
         _worker.active = True
-        held: deque[_Job] = deque()  # taken by this worker: retries, and dials that failed
+        held: deque[Job] = deque()  # taken by this worker: retries, and dials that failed
         try:
             self._work(held)
         except BaseException:  # a bug: its messages go back to the queue for another worker
@@ -589,7 +482,7 @@ class SMTPPool:
                 self._end_worker_locked(held)
                 self._spawn_locked()
 
-    def _work(self, held: deque[_Job]) -> None:
+    def _work(self, held: deque[Job]) -> None:
         while (assignment := self._assign(held)) is not None:
             job, slot = assignment
             held.appendleft(job)  # until it is on the wire: given back if this worker fails
@@ -609,7 +502,7 @@ class SMTPPool:
             held.popleft()
             held.extend(self._send(job, connection, reused))
 
-    def _assign(self, held: deque[_Job]) -> tuple[_Job, _Idle | None] | None:
+    def _assign(self, held: deque[Job]) -> tuple[Job, _Idle | None] | None:
         """Wait, in bounded steps, until the next message (the first ``held``, else the
         oldest queued) can go: on an idle connection, or on one this worker dials (the
         slot is then None).  None when this worker should end; its held messages are
@@ -622,8 +515,8 @@ class SMTPPool:
                 self._changed.wait(assignment)
 
     def _assign_locked(
-        self, held: deque[_Job], now: float
-    ) -> tuple[_Job, _Idle | None] | float | None:
+        self, held: deque[Job], now: float
+    ) -> tuple[Job, _Idle | None] | float | None:
         """The assignment, None (end this worker), or how long to wait before asking again."""
         while held and held[0].state == DONE:  # withdrawn while this worker held it
             held.popleft()
@@ -661,7 +554,7 @@ class SMTPPool:
         assert job is not None
         return job, slot
 
-    def _end_worker_locked(self, held: deque[_Job]) -> None:
+    def _end_worker_locked(self, held: deque[Job]) -> None:
         self._give_back_locked(held)
         held.clear()
         self._workers -= 1
@@ -677,7 +570,7 @@ class SMTPPool:
         now = time.monotonic()
         limit, pool_timeout = self._connection_limit, self.options.pool_timeout
 
-        def over(job: _Job) -> bool:
+        def over(job: Job) -> bool:
             ends = limit.wait_ends(job.queued_at, pool_timeout)
             return job.state in (QUEUED, TAKEN) and ends is not None and now >= ends
 
@@ -690,9 +583,9 @@ class SMTPPool:
             error = self._no_connection_error(withdrawn)
             self._changed.notify_all()
         for job in withdrawn:
-            _settle(job.future, error)
+            settle(job.future, error)
 
-    def _no_connection_error(self, jobs: list[_Job]) -> ConnectError:
+    def _no_connection_error(self, jobs: list[Job]) -> ConnectError:
         opts = self.options
         last = self._last_dial_error
         waited = time.monotonic() - min(job.queued_at for job in jobs)
@@ -710,11 +603,11 @@ class SMTPPool:
         error.__cause__ = last
         return error
 
-    def _send(self, job: _Job, connection: SMTPConnection, reused: bool) -> list[_Job]:
+    def _send(self, job: Job, connection: SMTPConnection, reused: bool) -> list[Job]:
         """Send ``job`` (and whatever the connection can pipeline behind it) on
         ``connection``, then give the connection back; return the jobs to try again."""
-        handed: deque[_Job] = deque([job])
-        retry: list[_Job] = []
+        handed: deque[Job] = deque([job])
+        retry: list[Job] = []
         try:
             if reused:
                 self._leases[connection].renew()
@@ -735,7 +628,7 @@ class SMTPPool:
         return retry
 
     def _steal(
-        self, connection: SMTPConnection, handed: deque[_Job]
+        self, connection: SMTPConnection, handed: deque[Job]
     ) -> tuple[Envelope, MessageInput] | None:
         """The next waiting message, for a worker whose connection can pipeline it now."""
         opts = self.options
@@ -764,7 +657,7 @@ class SMTPPool:
             self._finish(job, None)
 
     def _conclude(
-        self, job: _Job, outcome: SendResult | BaseException, reused: bool, retry: list[_Job]
+        self, job: Job, outcome: SendResult | BaseException, reused: bool, retry: list[Job]
     ) -> None:
         """Settle a message, or put it in ``retry`` when the failure proves it was not taken."""
         if isinstance(outcome, SMTPError):
@@ -781,7 +674,7 @@ class SMTPPool:
                 outcome = closed
         self._finish(job, outcome)
 
-    def _may_retry(self, job: _Job, reused: bool) -> bool:
+    def _may_retry(self, job: Job, reused: bool) -> bool:
         """Spend one of ``job``'s retries, if it has one left.  The retry goes at once to
         another connection; a new one is dialled under the dial backoff, which is what
         spaces out attempts on a server that keeps failing."""
@@ -793,7 +686,7 @@ class SMTPPool:
             return True
         return False
 
-    def _hold_for_retry(self, job: _Job) -> bool:
+    def _hold_for_retry(self, job: Job) -> bool:
         """Take a failed attempt's job back for another attempt, unless the pool stops."""
         with self._lock:
             if self._stopping or job.state == DONE:
@@ -986,17 +879,6 @@ class SMTPPool:
 
 #: help(SMTPPool) lists every option with its default and meaning, from the one table.
 SMTPPool.__doc__ = f"{inspect.cleandoc(SMTPPool.__doc__ or '')}\n\n{describe_options(pool=True)}"
-
-
-def _settle(future: _Settleable, outcome: SendResult | BaseException) -> None:
-    """Complete ``future`` unless it already is (cancelled, or failed by close)."""
-    try:
-        if isinstance(outcome, SendResult):
-            future.set_result(outcome)
-        else:
-            future.set_exception(outcome)
-    except InvalidStateError:
-        pass
 
 
 def _keep_house(pool_ref: weakref.ref[SMTPPool], stop: threading.Event, interval: float) -> None:

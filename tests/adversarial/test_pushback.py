@@ -419,14 +419,14 @@ def test_a_withdrawal_being_settled_is_not_reported_on_the_wire(
 ) -> None:
     """close() marks queued messages done under the lock and settles them after; a
     result() timing out in between said delivery_unknown for a message never sent."""
-    settle = pool_module._settle
+    settle = pool_module.settle
 
     def slow_settle(future: Any, outcome: Any) -> None:
         if isinstance(outcome, PoolClosedError):
             time.sleep(0.5)  # widen the gap between the state change and the settlement
         settle(future, outcome)
 
-    monkeypatch.setattr(pool_module, "_settle", slow_settle)
+    monkeypatch.setattr(pool_module, "settle", slow_settle)
     server = fault_server(stall=1.5)
     pool = pool_for(server, max_connections=1)
     # The first is sent, the second pipelined behind it (on the wire too), the third waits.

@@ -517,7 +517,7 @@ def test_send_many_sleeps_through_half_a_window(
     sink = smtpd(extensions=["PIPELINING"])
     pool = make_pool(sink, max_connections=2)
     sleeps = 0
-    completion = pool_module._Completion
+    completion = pool_module.Completion
     wait, outcome = completion.wait, completion.outcome
 
     def counted(method: Callable[[Any], Any]) -> Callable[[Any], Any]:

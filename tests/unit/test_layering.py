@@ -54,6 +54,7 @@ LAYERS: list[set[str]] = [
     {"errors"},
     {"message", "auth", "pushback", "ratelimit"},
     {"envelope", "oauth2"},
+    {"jobs"},
     {"protocol", "config"},
     {"transport", "transaction"},
     {"connection"},
