@@ -54,6 +54,14 @@ def eml(index: int, to: str | None = None) -> bytes:
     ).encode()
 
 
+def write_outbox(directory: Path, count: int) -> Path:
+    """``directory`` filled with ``count`` numbered .eml files (in their sort order)."""
+    directory.mkdir()
+    for i in range(count):
+        (directory / f"{i:03}.eml").write_bytes(eml(i))
+    return directory
+
+
 def test_send_a_directory_with_a_report(smtpd: SinkFactory, tmp_path: Path) -> None:
     sink = smtpd(reject_recipients=["nobody@x.org"])
     outbox = tmp_path / "outbox"
@@ -114,10 +122,7 @@ def test_ctrl_c_stops_cleanly_and_accounts_for_every_message(
     smtpd: SinkFactory, tmp_path: Path
 ) -> None:
     sink = smtpd()
-    outbox = tmp_path / "slow"
-    outbox.mkdir()
-    for i in range(100):
-        (outbox / f"{i:03}.eml").write_bytes(eml(i))
+    outbox = write_outbox(tmp_path / "slow", 100)
     report_path = tmp_path / "report.json"
     process = subprocess.Popen(
         [
@@ -164,10 +169,7 @@ def test_identical_failures_are_summarised_with_a_count(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     """50 messages to a closed port printed 50 identical connection errors."""
-    outbox = tmp_path / "outbox"
-    outbox.mkdir()
-    for i in range(50):
-        (outbox / f"{i:02}.eml").write_bytes(eml(i))
+    outbox = write_outbox(tmp_path / "outbox", 50)
     url = f"smtp://127.0.0.1:{_closed_port()}/?pool_timeout=0.5"
     assert main(["send", str(outbox), "--url", url]) == 1
     err = capsys.readouterr().err
@@ -498,13 +500,10 @@ def test_resume_matches_ids_and_content_and_refuses_a_report_that_matches_nothin
     smtpd: SinkFactory, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     sink = smtpd()
-    outbox = tmp_path / "outbox"
-    outbox.mkdir()
-    for i in range(3):
-        (outbox / f"{i}.eml").write_bytes(eml(i))
+    outbox = write_outbox(tmp_path / "outbox", 3)
     report = tmp_path / "fates.json"
     assert main(["send", str(outbox), "--url", sink.url, "--report", str(report)]) == 0
-    (outbox / "1.eml").write_bytes(eml(1, to="changed@x.org"))  # edited since: not the same
+    (outbox / "001.eml").write_bytes(eml(1, to="changed@x.org"))  # edited since: not the same
     args = ["send", str(outbox), "--url", sink.url, "--resume", str(report)]
     assert main(args) == 0
     out = capsys.readouterr().out
@@ -515,7 +514,7 @@ def test_resume_matches_ids_and_content_and_refuses_a_report_that_matches_nothin
     assert [m.rcpt_tos for m in sink.messages][3:] == [("changed@x.org",)]
     other = tmp_path / "elsewhere"
     other.mkdir()
-    (other / "0.eml").write_bytes(eml(0))
+    (other / "000.eml").write_bytes(eml(0))
     assert main(["send", str(other), "--url", sink.url, "--resume", str(report)]) == 2
     assert "none of the 3 message(s)" in capsys.readouterr().err
     assert len(sink.messages) == 4  # nothing sent twice by mistake
