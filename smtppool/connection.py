@@ -559,15 +559,18 @@ class SMTPConnection:
     def is_within_limits(self) -> bool:
         """The cheap half of :meth:`is_reusable`: idle and clean, and below
         ``max_messages`` and ``connection_ttl``; the socket is not examined."""
-        opts = self.options
         if not self._is_clean() or self._protocol.state != State.READY:
             return False
-        if self.messages_sent >= opts.max_messages:
+        return self.has_room()
+
+    def has_room(self, pending: int = 0) -> bool:
+        """Whether one more message fits below ``max_messages``, counting ``pending``
+        messages already handed to this session, and ``connection_ttl`` has not passed."""
+        opts = self.options
+        if self.messages_sent + pending >= opts.max_messages:
             return False
-        ttl = opts.connection_ttl
-        return (
-            ttl is None or self.connected_at is None or time.monotonic() - self.connected_at < ttl
-        )
+        ttl, started = opts.connection_ttl, self.connected_at
+        return ttl is None or started is None or time.monotonic() - started < ttl
 
     def is_reusable(self) -> bool:
         """True if the session can carry another message right now.

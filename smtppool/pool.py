@@ -631,13 +631,8 @@ class SMTPPool:
         self, connection: SMTPConnection, handed: deque[Job]
     ) -> tuple[Envelope, MessageInput] | None:
         """The next waiting message, for a worker whose connection can pipeline it now."""
-        opts = self.options
-        if connection.messages_sent + len(handed) >= opts.max_messages:
+        if not connection.has_room(len(handed)):
             return None
-        started = connection.connected_at
-        if opts.connection_ttl is not None and started is not None:
-            if time.monotonic() - started >= opts.connection_ttl:
-                return None
         while True:
             with self._lock:
                 job = None if self._stopping else self._take_locked()

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import random
 import socket
+import time
 from collections.abc import Callable
 from email.message import EmailMessage
 
@@ -462,3 +463,17 @@ def test_an_idn_domain_goes_as_written_to_a_server_with_smtputf8(smtpd: SinkFact
     [received] = sink.messages
     assert received.mail_from == "app@bücher.example" and "SMTPUTF8" in received.mail_options
     assert "From: app@bücher.example".encode() in received.data
+
+
+def test_has_room_counts_messages_handed_but_not_yet_sent(smtpd: SinkFactory) -> None:
+    """One rule for the pool's pipelining and the reuse check: max_messages counts the
+    messages already handed to the session, and connection_ttl ends the room."""
+    sink = smtpd()
+    with connect(sink, max_messages=3) as conn:
+        assert conn.has_room() and conn.has_room(2) and not conn.has_room(3)
+        conn.send(Envelope("a@x.org", "b@x.org"), b"hi\r\n")
+        assert conn.has_room(1) and not conn.has_room(2)
+    with connect(sink, connection_ttl=0.05) as conn:
+        assert conn.has_room()
+        time.sleep(0.1)
+        assert not conn.has_room() and not conn.is_within_limits()
