@@ -500,7 +500,7 @@ class SMTPConnection:
         ) -> tuple[Envelope, MessageSource, bytes] | None:
             while item is not None:
                 try:
-                    return self._sender.announce(item)
+                    return self._sender.prepare_commands(item)
                 except (EnvelopeError, MessageError) as exc:
                     refused.append(exc)
                     item = more()
@@ -513,7 +513,7 @@ class SMTPConnection:
                 self._write(current[2])
         following: list[tuple[Envelope, MessageSource, bytes]] = []  # announced behind this one
 
-        def announce() -> bytes:
+        def next_commands() -> bytes:
             prepared = prepare(more())
             if prepared is None:
                 return b""
@@ -529,7 +529,7 @@ class SMTPConnection:
             following.clear()
 
             try:
-                result = self._sender.send_announced(env, source, announce)
+                result = self._sender.send_pipelined(env, source, next_commands)
             except SMTPError as exc:
                 if isinstance(exc, _FATAL):
                     self.close()
@@ -610,7 +610,7 @@ class SMTPConnection:
         """Say goodbye and close; a server that just hangs up (even mid-TLS) is fine too."""
         quit_all([self])
 
-    def _say_quit(self) -> float | None:
+    def _send_quit(self) -> float | None:
         """The first half of :func:`quit_all`: write QUIT and return the deadline for its
         reply; None (and the socket closed) when there is no session to say goodbye to."""
         if self._transport.sock is None:
@@ -627,7 +627,7 @@ class SMTPConnection:
             self.close()
             return None
 
-    def _hear_quit(self, deadline: float) -> None:
+    def _await_quit_reply(self, deadline: float) -> None:
         """The second half of :func:`quit_all`: wait for the reply to QUIT, then close."""
         try:
             with self._guard("quitting"):
@@ -673,10 +673,10 @@ class SMTPConnection:
 def quit_all(connections: Iterable[SMTPConnection]) -> None:
     """QUIT several sessions at once and close them: every QUIT is written before any
     reply is awaited, so closing N connections takes one round trip, not N."""
-    said = [(c, deadline) for c in connections if (deadline := c._say_quit()) is not None]
+    said = [(c, deadline) for c in connections if (deadline := c._send_quit()) is not None]
     try:
         for connection, deadline in said:
-            connection._hear_quit(deadline)
+            connection._await_quit_reply(deadline)
     finally:  # a reply that raised (say, a malformed one) must not leave the others open
         for connection, _ in said:
             connection.close()

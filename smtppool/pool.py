@@ -419,7 +419,7 @@ class SMTPPool:
 
     def _claim(self, job: Job) -> bool:
         """Put a taken job on the wire: False when it was withdrawn or cancelled meanwhile
-        (the caller then calls ``_finish(job, None)``)."""
+        (the caller then calls ``_complete(job, None)``)."""
         with self._lock:
             if job.state != TAKEN:
                 return False
@@ -428,7 +428,7 @@ class SMTPPool:
             job.state, job.running = SENDING, True
             return True
 
-    def _finish(self, job: Job, outcome: SendResult | BaseException | None) -> None:
+    def _complete(self, job: Job, outcome: SendResult | BaseException | None) -> None:
         """A started job is over: count it and free its place (one lock round, before the
         caller can see the outcome), settle it, then tell on_idle.  ``outcome`` is None
         for a job cancelled by its caller; a job already withdrawn is left alone."""
@@ -491,7 +491,7 @@ class SMTPPool:
                     connection = self._dial()
                 except BaseException as exc:
                     if not self._dial_failed(exc):  # else another connection takes it
-                        self._finish(held.popleft(), exc)
+                        self._complete(held.popleft(), exc)
                     continue
                 reused = False
             else:
@@ -606,32 +606,33 @@ class SMTPPool:
     def _send(self, job: Job, connection: SMTPConnection, reused: bool) -> list[Job]:
         """Send ``job`` (and whatever the connection can pipeline behind it) on
         ``connection``, then give the connection back; return the jobs to try again."""
-        handed: deque[Job] = deque([job])
+        in_flight: deque[Job] = deque([job])
         retry: list[Job] = []
         try:
             if reused:
                 self._leases[connection].renew()
             self._limiter.acquire()
             if not self._claim(job):
-                self._finish(handed.popleft(), None)
+                self._complete(in_flight.popleft(), None)
                 return retry
             stream = connection.send_stream(
-                (job.envelope, job.payload.attempt()), lambda: self._steal(connection, handed)
+                (job.envelope, job.payload.attempt()),
+                lambda: self._next_to_pipeline(connection, in_flight),
             )
             for outcome in stream:
-                self._conclude(handed.popleft(), outcome, reused, retry)
-        except BaseException as exc:  # every handed message learns its fate, whatever happened
-            while handed:
-                self._conclude(handed.popleft(), exc, reused, retry)
+                self._judge_outcome(in_flight.popleft(), outcome, reused, retry)
+        except BaseException as exc:  # every in_flight message learns its fate, whatever happened
+            while in_flight:
+                self._judge_outcome(in_flight.popleft(), exc, reused, retry)
         finally:
             self._checkin(connection)
         return retry
 
-    def _steal(
-        self, connection: SMTPConnection, handed: deque[Job]
+    def _next_to_pipeline(
+        self, connection: SMTPConnection, in_flight: deque[Job]
     ) -> tuple[Envelope, MessageInput] | None:
         """The next waiting message, for a worker whose connection can pipeline it now."""
-        if not connection.has_room(len(handed)):
+        if not connection.has_room(len(in_flight)):
             return None
         while True:
             with self._lock:
@@ -647,11 +648,11 @@ class SMTPPool:
                     self._give_back_locked([job])
                 return None
             if self._claim(job):
-                handed.append(job)
+                in_flight.append(job)
                 return job.envelope, job.payload.attempt()
-            self._finish(job, None)
+            self._complete(job, None)
 
-    def _conclude(
+    def _judge_outcome(
         self, job: Job, outcome: SendResult | BaseException, reused: bool, retry: list[Job]
     ) -> None:
         """Settle a message, or put it in ``retry`` when the failure proves it was not taken."""
@@ -667,7 +668,7 @@ class SMTPPool:
                 closed = PoolClosedError("not sent: the pool was closed while sending it")
                 closed.__cause__ = outcome
                 outcome = closed
-        self._finish(job, outcome)
+        self._complete(job, outcome)
 
     def _may_retry(self, job: Job, reused: bool) -> bool:
         """Spend one of ``job``'s retries, if it has one left.  The retry goes at once to

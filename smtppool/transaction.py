@@ -233,16 +233,16 @@ class Sender:
         for following in chunks:
             self._stream(head + p.bdat(chunk))
             head, chunk, sent = b"", following, sent + 1
-            failure = self._hear_flight(env, replies, sent, BDAT_WINDOW)
+            failure = self._read_flight_replies(env, replies, sent, BDAT_WINDOW)
             if failure is not None:
                 break
         else:
             if self.options.lmtp and sent:
-                failure = self._hear_flight(env, replies, sent, 0)
+                failure = self._read_flight_replies(env, replies, sent, 0)
         if failure is None:
             try:
                 self._stream(head + p.bdat(chunk, last=True))
-                failure = self._hear_flight(env, replies, sent, 0)
+                failure = self._read_flight_replies(env, replies, sent, 0)
                 if failure is None:
                     n = len(env.rcpt_to)
                     verdict = judge_envelope(env, replies[0], replies[1 : n + 1])
@@ -257,7 +257,7 @@ class Sender:
         self.reset()
         raise failure
 
-    def _hear_flight(
+    def _read_flight_replies(
         self, env: Envelope, replies: list[Reply], sent: int, keep: int
     ) -> SMTPError | None:
         """Read a flight's replies (MAIL, RCPT..., then one per chunk of the ``sent``)
@@ -314,7 +314,7 @@ class Sender:
         for chunk in source.chunks:
             self._stream(held)
             held = p.send_data(chunk)
-        return self._finish(b"".join([held, p.end_data(), then()]), accepted)
+        return self._end_data(b"".join([held, p.end_data(), then()]), accepted)
 
     def _send_chunks(self, chunks: Iterator[bytes], accepted: int) -> list[Reply]:
         """BDAT (CHUNKING) without PIPELINING: each chunk waits for its reply, the last
@@ -328,7 +328,7 @@ class Sender:
                 self.reset()
                 raise MessageError.from_reply(reply, "BDAT refused")
             chunk = following
-        return self._finish(p.bdat(chunk, last=True), accepted)
+        return self._end_data(p.bdat(chunk, last=True), accepted)
 
     def _read_verdicts(self, accepted: int) -> list[Reply]:
         """The reply to the end of the data: one per accepted recipient under LMTP."""
@@ -337,7 +337,7 @@ class Sender:
             return [self._read_reply(doing=doing)]
         return [self._read_reply(doing=doing) for _ in range(max(accepted, 1))]
 
-    def _finish(self, end: bytes, accepted: int) -> list[Reply]:
+    def _end_data(self, end: bytes, accepted: int) -> list[Reply]:
         """Send the end of the data and read the verdict."""
         try:
             self._stream(end)
@@ -346,7 +346,7 @@ class Sender:
             _lost_after_end_of_data(exc)
             raise
 
-    def announce(
+    def prepare_commands(
         self, item: tuple[Envelope | Mapping[str, Any], MessageInput]
     ) -> tuple[Envelope, MessageSource, bytes]:
         """The envelope, content source and MAIL/RCPT/DATA bytes for the next message."""
@@ -359,11 +359,11 @@ class Sender:
         commands.append(p.data())
         return env, source, b"".join(commands)
 
-    def send_announced(
-        self, env: Envelope, source: MessageSource, announce: Callable[[], bytes]
+    def send_pipelined(
+        self, env: Envelope, source: MessageSource, next_commands: Callable[[], bytes]
     ) -> SendResult:
         """One message whose MAIL, RCPT and DATA are already written; the next message's
-        (from ``announce()``) leave in the same write as this one's end of data."""
+        (from ``prepare_commands()``) leave in the same write as this one's end of data."""
         n = len(env.rcpt_to)
         read = self._read_reply
         replies = [read(), read()]  # MAIL, first RCPT
@@ -375,5 +375,5 @@ class Sender:
             failure = MessageError.from_reply(data_reply, "DATA refused")
         if failure is not None:
             self._abandon(failure, data_reply)
-        finals = self._send_data(source, len(verdict.accepted), announce)
+        finals = self._send_data(source, len(verdict.accepted), next_commands)
         return verdict.result(env, finals, lmtp=self.options.lmtp)
