@@ -363,7 +363,7 @@ class Sender:
         self, env: Envelope, source: MessageSource, next_commands: Callable[[], bytes]
     ) -> SendResult:
         """One message whose MAIL, RCPT and DATA are already written; the next message's
-        (from ``prepare_commands()``) leave in the same write as this one's end of data."""
+        (from ``next_commands()``) leave in the same write as this one's end of data."""
         n = len(env.rcpt_to)
         read = self._read_reply
         replies = [read(), read()]  # MAIL, first RCPT
