@@ -31,12 +31,13 @@ from collections.abc import Iterable, Iterator, Mapping
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor
 from concurrent.futures import wait as wait_for_futures
 from types import TracebackType
-from typing import Any, NamedTuple
+from typing import Any
 
 from .config import Options, describe_options
 from .connection import SMTPConnection, quit_all
 from .envelope import Envelope, SendResult, pair_with_envelope
 from .errors import ConnectError, PoolClosedError, PoolTimeoutError, SMTPError, SMTPTimeoutError
+from .idle import IdleConnections, IdleSlot, close_all
 from .jobs import DONE, QUEUED, SENDING, TAKEN, Completion, Job, Payload, Settleable, settle
 from .message import MessageInput
 from .pushback import (
@@ -63,11 +64,6 @@ HOUSEKEEPING_INTERVAL = 1.0
 SEND_MANY_WINDOW = 8
 
 EnvelopeInput = Envelope | Mapping[str, Any]
-
-
-class _Idle(NamedTuple):
-    connection: SMTPConnection
-    since: float
 
 
 _POOLS: weakref.WeakSet[SMTPPool] = weakref.WeakSet()
@@ -106,7 +102,7 @@ class SMTPPool:
         self._log = self.options.logger or logging.getLogger("smtppool")
         self._setup()
         _POOLS.add(self)
-        self._finalizer = weakref.finalize(self, _close_idle, self._idle)
+        self._finalizer = weakref.finalize(self, close_all, self._idle)
 
     @classmethod
     def from_url(cls, url: str, **overrides: Any) -> SMTPPool:
@@ -126,7 +122,7 @@ class SMTPPool:
         self._leases: dict[SMTPConnection, ConnectionLease] = {}
         self._waiting: deque[Job] = deque()  # queued, oldest first
         self._started: set[Job] = set()  # taken or sending
-        self._idle: list[_Idle] = []  # the most recently used last
+        self._idle = IdleConnections()
         self._dials: set[SMTPConnection] = set()  # being dialled
         self._in_use: set[SMTPConnection] = set()  # sending or retiring
         self._open = 0  # connections open: idle, sending or retiring
@@ -502,7 +498,7 @@ class SMTPPool:
             held.popleft()
             held.extend(self._send(job, connection, reused))
 
-    def _assign(self, held: deque[Job]) -> tuple[Job, _Idle | None] | None:
+    def _assign(self, held: deque[Job]) -> tuple[Job, IdleSlot | None] | None:
         """Wait, in bounded steps, until the next message (the first ``held``, else the
         oldest queued) can go: on an idle connection, or on one this worker dials (the
         slot is then None).  None when this worker should end; its held messages are
@@ -516,7 +512,7 @@ class SMTPPool:
 
     def _assign_locked(
         self, held: deque[Job], now: float
-    ) -> tuple[Job, _Idle | None] | float | None:
+    ) -> tuple[Job, IdleSlot | None] | float | None:
         """The assignment, None (end this worker), or how long to wait before asking again."""
         while held and held[0].state == DONE:  # withdrawn while this worker held it
             held.popleft()
@@ -531,9 +527,8 @@ class SMTPPool:
         if head is None or self._stopping or self._workers > limit.limit:
             self._end_worker_locked(held)
             return None
-        slot: _Idle | None = None
-        if self._idle:
-            slot = self._idle.pop()
+        slot = self._idle.take_newest()
+        if slot is not None:
             self._in_use.add(slot.connection)
         elif limit.may_dial(now, self._open, self._dialing):
             self._dialing += 1
@@ -794,7 +789,7 @@ class SMTPPool:
             keep = within_limits and not (self._stopping or self._retire_returns)
             if keep:
                 self._in_use.discard(connection)
-                self._idle.append(_Idle(connection, time.monotonic()))
+                self._idle.put_back(connection, time.monotonic())
                 self._changed.notify_all()
                 self._start_housekeeper_locked()
         if not keep:
@@ -846,11 +841,9 @@ class SMTPPool:
         """Take idle connections (those idle since before ``older_than``, or all) out of
         the idle list, into use, for retiring."""
         with self._lock:
-            taken = [s for s in self._idle if older_than is None or s.since < older_than]
+            connections = self._idle.take(older_than=older_than)
             if older_than is None:
                 self._retire_returns = True
-            self._idle[:] = [s for s in self._idle if s not in taken]
-            connections = [slot.connection for slot in taken]
             self._in_use.update(connections)
         return connections
 
@@ -866,11 +859,11 @@ class SMTPPool:
 
     def _after_fork(self) -> None:
         """In a forked child: drop the parent's sockets unread and start afresh."""
-        for slot in self._idle:
-            slot.connection.close()  # closes the child's descriptor only; sends nothing
+        for connection in self._idle.connections():
+            connection.close()  # closes the child's descriptor only; sends nothing
         self._setup()
         self._finalizer.detach()
-        self._finalizer = weakref.finalize(self, _close_idle, self._idle)
+        self._finalizer = weakref.finalize(self, close_all, self._idle)
 
 
 #: help(SMTPPool) lists every option with its default and meaning, from the one table.
@@ -889,12 +882,6 @@ def _keep_house(pool_ref: weakref.ref[SMTPPool], stop: threading.Event, interval
         except Exception:
             pool._log.exception("pool housekeeping failed")
         del pool
-
-
-def _close_idle(idle: list[_Idle]) -> None:
-    """Garbage-collection safety net: close idle sockets (no I/O, nothing can hang)."""
-    while idle:
-        idle.pop().connection.close()
 
 
 def _reinitialise_after_fork() -> None:

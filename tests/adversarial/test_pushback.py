@@ -465,4 +465,4 @@ def test_a_connection_back_from_sending_after_close_is_retired(
     pool.close(wait=False)
     assert pool.result(future, 10).response.startswith("250")
     assert wait_until(lambda: server.open_sessions == 0 and pool._open == 0), repr(pool)
-    assert pool._idle == []
+    assert len(pool._idle) == 0

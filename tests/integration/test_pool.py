@@ -388,9 +388,9 @@ def test_an_idle_connection_whose_socket_broke_is_replaced(
     sink = smtpd()
     pool = make_pool(sink, max_connections=1)
     pool.send(RAW)
-    slot = pool._idle[-1]
-    assert slot.connection._transport.sock is not None
-    slot.connection._transport.sock.close()  # fileno() is now -1: select() raises ValueError
+    [connection] = pool._idle.connections()
+    assert connection._transport.sock is not None
+    connection._transport.sock.close()  # fileno() is now -1: select() raises ValueError
     pool.send(RAW, timeout=10)
     assert pool.stats()["connections_opened"] == 2 and len(sink.messages) == 2
 

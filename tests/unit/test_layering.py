@@ -58,6 +58,7 @@ LAYERS: list[set[str]] = [
     {"protocol", "config"},
     {"transport", "transaction"},
     {"connection"},
+    {"idle"},
     {"pool"},
     {"batch", "sink", "contrib.redis_limiter"},
     {"testing", "contrib.django", "contrib.flask", "contrib.celery"},
