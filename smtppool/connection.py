@@ -377,7 +377,7 @@ class SMTPConnection:
             return
         with self._guard("authenticating"):
             self._require(State.READY)
-            plaintext_ok = self.options.allow_plaintext_auth or self._on_loopback()
+            plaintext_ok = self.options.allow_plaintext_auth or self._transport.on_loopback()
             if not self.secure and not plaintext_ok:
                 raise AuthenticationError(
                     f"refusing to send credentials to {self.options.host} over an unencrypted "
@@ -419,9 +419,6 @@ class SMTPConnection:
             answer = mechanism.respond(decode_challenge(reply))
             reply = self._command(self._protocol.auth_continue(answer))
         raise ProtocolError(f"AUTH {method}: more than {MAX_AUTH_ROUNDS} challenges")
-
-    def _on_loopback(self) -> bool:
-        return self._transport.on_loopback()
 
     def _require(self, state: State) -> None:
         self._transport.connected()

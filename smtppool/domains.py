@@ -10,7 +10,7 @@ Pure functions; no sockets, threads or clocks.
 
 from __future__ import annotations
 
-__all__ = ["ascii_domain"]
+__all__ = ["ascii_address", "ascii_domain", "with_ascii_domain"]
 
 
 def ascii_domain(domain: str) -> str | None:
@@ -24,3 +24,17 @@ def ascii_domain(domain: str) -> str | None:
     except UnicodeError:
         return None
     return a_label if back == domain.lower() else None
+
+
+def with_ascii_domain(address: str) -> str:
+    """``address`` with its domain as :func:`ascii_domain` gives it, where it can; the
+    local part as it is."""
+    local, at, domain = address.rpartition("@")
+    return f"{local}@{ascii_domain(domain) or domain}" if at else address
+
+
+def ascii_address(address: str) -> str | None:
+    """``address`` with its domain in IDNA A-label form, or None when it cannot be ASCII
+    (a local part that is not ASCII, or a domain IDNA cannot encode unchanged)."""
+    converted = with_ascii_domain(address)
+    return converted if converted.isascii() else None

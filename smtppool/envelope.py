@@ -15,7 +15,7 @@ from email.message import Message
 from email.parser import BytesHeaderParser
 from typing import TYPE_CHECKING, Any
 
-from .domains import ascii_domain
+from .domains import ascii_address
 from .message import MessageInput, strip_bcc
 
 if TYPE_CHECKING:
@@ -78,18 +78,6 @@ def _check_characters(address: object, what: str) -> str:
     if address != address.strip():
         raise ValueError(f"{what} {address!r} has leading or trailing white space")
     return address
-
-
-def ascii_address(address: str) -> str | None:
-    """``address`` with its domain in IDNA A-label form, or None when it cannot be ASCII
-    (a local part that is not ASCII, or a domain IDNA cannot encode unchanged)."""
-    if address.isascii():
-        return address
-    local, at, domain = address.rpartition("@")
-    if not at or not local.isascii():
-        return None
-    ascii_form = ascii_domain(domain)
-    return None if ascii_form is None else f"{local}@{ascii_form}"
 
 
 def xtext(value: str) -> str:

@@ -21,7 +21,7 @@ from email.generator import BytesGenerator
 from email.message import Message
 from typing import Any, BinaryIO
 
-from .domains import ascii_domain
+from .domains import ascii_domain, with_ascii_domain
 
 __all__ = [
     "CHUNK_BYTES",
@@ -159,14 +159,9 @@ def _rewrite_domains(message: Message) -> None:
         del message[name]
         for value in values:
             message[name] = ", ".join(
-                email.utils.formataddr((display, _ascii_domain_of(address)))
+                email.utils.formataddr((display, with_ascii_domain(address)))
                 for display, address in email.utils.getaddresses([value])
             )
-
-
-def _ascii_domain_of(address: str) -> str:
-    local, at, domain = address.rpartition("@")
-    return f"{local}@{ascii_domain(domain) or domain}" if at else address
 
 
 def strip_bcc(raw: bytes) -> bytes:
