@@ -22,6 +22,7 @@ COMPILED = [
     "smtppool/protocol.py",
     "smtppool/message.py",
     "smtppool/transport.py",
+    "smtppool/channel.py",
     "smtppool/transaction.py",
     "smtppool/connection.py",
 ]

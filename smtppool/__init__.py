@@ -61,8 +61,8 @@ __all__ = [
 
 
 def compiled_modules() -> list[str]:
-    """The smtppool modules running as mypyc-compiled code; empty for a pure-Python
-    install (no C compiler at install time, or ``SMTPPOOL_PURE_PYTHON=1``)."""
+    """The smtppool modules running as mypyc-compiled code: empty for a source install,
+    the hot-path modules for a wheel built with ``SMTPPOOL_COMPILE=1``."""
     suffixes = tuple(EXTENSION_SUFFIXES)
     files = {name: getattr(module, "__file__", None) for name, module in list(sys.modules.items())}
     return sorted(

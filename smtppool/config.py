@@ -12,6 +12,7 @@ from __future__ import annotations
 import dataclasses
 import functools
 import importlib.resources
+import inspect
 import json
 import logging
 import math
@@ -28,7 +29,6 @@ from .oauth2 import OAuth2
 
 __all__ = [
     "OPTION_HELP",
-    "POOL_OPTIONS",
     "TLS_OPTION_KEYS",
     "Options",
     "describe_options",
@@ -172,21 +172,11 @@ OPTION_HELP: dict[str, str] = {
 }
 
 
-#: Options that only the pool uses.
-POOL_OPTIONS = frozenset(
-    {"max_connections", "max_messages", "idle_timeout", "connection_ttl", "retries",
-     "pool_timeout", "rate_limit", "rate_delta", "on_idle"}
-)  # fmt: skip
-
-
-def describe_options(*, pool: bool) -> str:
-    """The options as a docstring section: each with its default and meaning (the pool's
-    own options only when ``pool``)."""
+def describe_options() -> str:
+    """The options as a docstring section: each with its default and meaning."""
     defaults = {f.name: f.default for f in dataclasses.fields(Options)}
     lines = ["Options (keyword arguments, validated by :class:`smtppool.Options`):", ""]
     for name, meaning in OPTION_HELP.items():
-        if name in POOL_OPTIONS and not pool:
-            continue
         default = defaults.get(name)  # service is a setting, not a field: None
         text = textwrap.fill(meaning.removeprefix("pool: "), 84, initial_indent="    ",
                              subsequent_indent="    ", break_on_hyphens=False)  # fmt: skip
@@ -310,6 +300,10 @@ class Options:
         if isinstance(self.tls, tuple):
             return str(dict(self.tls).get("server_hostname", self.host))
         return self.host
+
+
+#: help(Options) lists every option with its default and meaning, from the one table.
+Options.__doc__ = f"{inspect.cleandoc(Options.__doc__ or '')}\n\n{describe_options()}"
 
 
 def _tls_version(value: object) -> ssl.TLSVersion:

@@ -9,19 +9,19 @@ session can never be reused.
 from __future__ import annotations
 
 import contextlib
+import itertools
 import logging
 import socket
-import ssl
 import time
 from collections.abc import Callable, Iterable, Iterator, Mapping
+from dataclasses import dataclass
 from types import TracebackType
-from typing import Any
+from typing import Any, TypeVar
 
-from .auth import Credentials, choose_mechanism, make_mechanism
+from .channel import Channel
 from .config import Options, normalise_auth
 from .envelope import Envelope, SendResult
 from .errors import (
-    AuthenticationError,
     ConnectError,
     EnvelopeError,
     MessageError,
@@ -30,90 +30,42 @@ from .errors import (
     SMTPTimeoutError,
     TLSError,
 )
+from .handshake import Handshake
+from .login import log_in
 from .message import MessageInput, MessageSource
-from .oauth2 import OAuth2
-from .protocol import Extensions, Reply, SMTPProtocol, State, decode_challenge
-from .transaction import Sender
-from .transport import Transport, local_fqdn, translate
+from .protocol import Extensions, Reply, State
+from .transaction import Outgoing, Sender
+from .transport import translate
 
 __all__ = ["SMTPConnection", "quit_all"]
 
 #: Longest wait for the reply to QUIT: a graceful goodbye must not hold a shutdown.
 QUIT_TIMEOUT = 10.0
-#: Most 334 challenges accepted in one AUTH exchange.
-MAX_AUTH_ROUNDS = 10
 
 # Errors after which the session cannot be trusted: the socket is closed.
 _FATAL = (ConnectError, SMTPTimeoutError, TLSError, ProtocolError)
+
+Item = TypeVar("Item", bound=Outgoing)
+
+
+@dataclass(frozen=True, slots=True)
+class _Pair:
+    """An ``(envelope, message)`` pair as an :class:`Outgoing` item."""
+
+    envelope: Envelope | Mapping[str, Any]
+    message: MessageInput
+
+    def content(self) -> MessageInput:
+        return self.message
 
 
 class SMTPConnection:
     """A single SMTP/LMTP client connection with blocking I/O and strict deadlines.
 
-    Takes the options below as keywords (the pool's own are accepted and ignored), plus
-    ``url=``, or ``options=`` an :class:`~smtppool.config.Options`; ``sock`` is an
-    already-connected socket to use instead of dialling.  Use as a context manager to
-    connect, log in and QUIT automatically.  (The list is the one ``describe_options``
-    writes; a test keeps them equal, since a compiled class's docstring is fixed.)
-
-    Options (keyword arguments, validated by :class:`smtppool.Options`):
-
-    ``host`` = ``'localhost'``
-        server name or address (IPv4 and IPv6; each resolved address is tried in turn)
-    ``port`` = ``None``
-        465 when ``secure`` else 25
-    ``secure`` = ``False``
-        implicit TLS from the first byte (SMTPS)
-    ``ignore_tls`` = ``False``
-        never use STARTTLS
-    ``require_tls`` = ``False``
-        fail with ``TLSError`` unless STARTTLS succeeds
-    ``opportunistic_tls`` = ``False``
-        if STARTTLS fails, continue in plaintext (redials after a failed handshake);
-        logged at WARNING with the reason each time, ``connection.tls_fallback`` and
-        ``stats()["tls_fallbacks"]`` count it
-    ``name`` = ``None``
-        EHLO name; default ``socket.getfqdn()``, or an address literal when that is not
-        a dotted name
-    ``local_address`` = ``None``
-        source address to bind
-    ``connection_timeout`` = ``120.0``
-        seconds for name resolution, TCP connect and TLS handshake together
-    ``greeting_timeout`` = ``30.0``
-        deadline for the whole greeting
-    ``socket_timeout`` = ``600.0``
-        deadline for each whole reply, and for the server to take each piece of the
-        message
-    ``auth`` = ``None``
-        ``("user", "password")`` or ``smtppool.OAuth2(...)``; a NUL (or, for OAuth2, any
-        control character) is a ``ValueError``: it would re-split the SASL fields
-    ``auth_method`` = ``None``
-        force ``"PLAIN"``, ``"LOGIN"``, ``"CRAM-MD5"`` or ``"XOAUTH2"``; otherwise
-        CRAM-MD5, PLAIN, LOGIN in that order of preference. Never silently downgraded.
-        Checked against the credentials once they are known (``auth=``, or
-        ``login(auth=...)`` later)
-    ``allow_plaintext_auth`` = ``False``
-        send credentials without TLS to a host that is not loopback
-    ``tls`` = ``None``
-        an ``ssl.SSLContext``, or a dict of overrides on a verifying default context:
-        ``cafile``, ``capath``, ``cadata``, ``certfile``, ``keyfile``, ``password``,
-        ``verify``, ``check_hostname``, ``minimum_version``, ``maximum_version``,
-        ``ciphers``, ``server_hostname``
-    ``lmtp`` = ``False``
-        speak LMTP: ``LHLO`` and one result per recipient
-    ``get_socket`` = ``None``
-        ``callable(options)`` returning a connected socket, or ``None`` to dial normally
-    ``logger`` = ``None``
-        a ``logging.Logger``; default ``"smtppool"``
-    ``transaction_log`` = ``False``
-        log the SMTP dialogue (AUTH payloads redacted) at DEBUG
-    ``debug`` = ``False``
-        also log message content at DEBUG
-    ``add_missing_headers`` = ``True``
-        add ``Date`` and ``Message-ID`` to an ``email.message.Message`` that lacks them
-        (raw bytes, text, files and iterables go as they are)
-    ``service`` = ``None``
-        a well-known provider's host, port and TLS mode
+    Takes the options :class:`smtppool.Options` lists (``help(smtppool.Options)``; the
+    pool's own are accepted and ignored) as keywords, plus ``url=``, or ``options=`` an
+    :class:`~smtppool.Options`; ``sock`` is an already-connected socket to use instead
+    of dialling.  Use as a context manager to connect, log in and QUIT automatically.
     """
 
     def __init__(
@@ -125,18 +77,15 @@ class SMTPConnection:
             options = options.replace(**settings)
         self.options = options
         self._given_sock = sock
-        self._transport = Transport(options)
-        self._protocol = SMTPProtocol(lmtp=options.lmtp)
         self._log = options.logger or logging.getLogger("smtppool")
-        self._sender = Sender(self)
-        self._trace = options.transaction_log or options.debug
+        self._channel = Channel(options, self._log)
+        self._transport = self._channel.transport
+        self._sender = Sender(self._channel)
         #: "implicit" or "STARTTLS" once TLS is up, else None.
         self.tls_mode: str | None = None
         #: Why the session went on without TLS although the server offered STARTTLS
         #: (``opportunistic_tls`` only), else None.
         self.tls_fallback: str | None = None
-        #: The most recent reply from the server.
-        self.last_reply: Reply | None = None
         #: Messages delivered on this connection (at least one recipient accepted).
         self.messages_sent = 0
         #: ``time.monotonic()`` when the session became ready, for connection_ttl.
@@ -162,11 +111,16 @@ class SMTPConnection:
     @property
     def extensions(self) -> Extensions:
         """What the server advertised in its last EHLO/LHLO reply."""
-        return self._protocol.extensions
+        return self._channel.protocol.extensions
 
     @property
     def state(self) -> State:
-        return self._protocol.state
+        return self._channel.protocol.state
+
+    @property
+    def last_reply(self) -> Reply | None:
+        """The most recent reply from the server."""
+        return self._channel.last_reply
 
     @property
     def is_connected(self) -> bool:
@@ -191,59 +145,9 @@ class SMTPConnection:
             except OSError as exc:
                 translate(exc, doing, self.options.host)
         except BaseException as exc:
-            if isinstance(exc, _FATAL) or not self._is_clean():
+            if isinstance(exc, _FATAL) or not self._channel.is_clean():
                 self.close()
             raise
-
-    def _is_clean(self) -> bool:
-        """True when no reply is outstanding and no transaction or exchange is half done."""
-        return (
-            self._transport.sock is not None
-            and self._protocol.pending == 0
-            and self._protocol.state in (State.HELLO, State.READY)
-        )
-
-    # -- replies -------------------------------------------------------------------------
-
-    def _write(self, data: bytes) -> None:
-        self._transport.write(data)
-
-    def _read_reply(
-        self,
-        deadline: float | None = None,
-        doing: str = "waiting for a reply",
-        *,
-        closing_ok: bool = False,
-    ) -> Reply:
-        """Read one whole reply before ``deadline`` (default: ``socket_timeout`` from now).
-
-        The deadline covers the whole reply, so a server dripping bytes cannot extend it.
-        A 421 (server closing) raises :class:`ConnectError` unless ``closing_ok``.
-        """
-        protocol = self._protocol
-        reply = protocol.next_reply()  # pipelined replies often arrived together
-        if reply is None:
-            transport = self._transport
-            if deadline is None:
-                deadline = time.monotonic() + self.options.socket_timeout
-            while reply is None:
-                if protocol.peer_closed:
-                    by = "aborted" if transport.aborted else "closed by the server"
-                    raise ConnectError(f"connection {by} while {doing}")
-                protocol.receive_data(transport.receive(deadline, doing))
-                reply = protocol.next_reply()
-        self.last_reply = reply
-        if self._trace:
-            self._log.debug(
-                "smtp %s:%s C: %s S: %s", self.options.host, self.options.port, reply.command, reply
-            )
-        if reply.code == 421 and not closing_ok:
-            raise ConnectError.from_reply(reply, "server is closing the session")
-        return reply
-
-    def _command(self, data: bytes, doing: str = "waiting for a reply") -> Reply:
-        self._write(data)
-        return self._read_reply(doing=doing)
 
     # -- connecting --------------------------------------------------------------------
 
@@ -273,29 +177,13 @@ class SMTPConnection:
 
     def _connect(self) -> None:
         opts = self.options
-        with self._guard("connecting"):
-            try:
-                self._open_session(starttls=not opts.ignore_tls)
-            except ssl.SSLError as exc:  # raw handshake errors and our TLSError alike
-                # A handshake that failed after STARTTLS was accepted: opportunistic_tls
-                # means the caller prefers plaintext to no mail, so dial again without it.
-                after_starttls = not opts.secure and self.tls_mode is None
-                if not (
-                    opts.opportunistic_tls
-                    and after_starttls
-                    and self._given_sock is None
-                    and self._protocol.state == State.HELLO
-                ):
-                    if after_starttls and not isinstance(exc, TLSError):  # the handshake
-                        raise TLSError(
-                            f"TLS failure in STARTTLS: {exc} (trust the server's certificate "
-                            "with tls={'cafile': ...}, or allow a plaintext retry with "
-                            "opportunistic_tls=True)"
-                        ) from exc
-                    raise
-                self.close()
-                self._open_session(starttls=False)
-                self._fall_back_to_plaintext(f"the TLS handshake failed: {exc}")
+        handshake = Handshake(self._channel)
+        given, self._given_sock = self._given_sock, None  # used once
+        try:
+            with self._guard("connecting"):
+                handshake.run(given)
+        finally:
+            self.tls_mode, self.tls_fallback = handshake.tls_mode, handshake.tls_fallback
         self.connected_at = time.monotonic()
         self._log.info(
             "connected to %s:%s (tls=%s, extensions=%s)",
@@ -303,65 +191,6 @@ class SMTPConnection:
             opts.port,
             self.tls_mode or "none",
             ",".join(self.extensions) or "-",
-        )
-
-    def _open_session(self, *, starttls: bool) -> None:
-        opts = self.options
-        self._protocol = SMTPProtocol(lmtp=opts.lmtp)
-        self.tls_mode = self.tls_fallback = None
-        deadline = time.monotonic() + opts.connection_timeout
-        given, self._given_sock = self._given_sock, None  # used once
-        self._transport.open(deadline, given)
-        if opts.secure:
-            self._start_tls(deadline, "implicit")
-        greeting = self._read_reply(
-            time.monotonic() + opts.greeting_timeout, "waiting for the greeting"
-        )
-        if greeting.code != 220:
-            raise ConnectError.from_reply(greeting, "server refused the session")
-        self._hello()
-        if starttls and not opts.secure:
-            self._starttls()
-
-    def _start_tls(self, deadline: float, mode: str) -> None:
-        self._transport.start_tls(deadline)
-        self.tls_mode = mode
-
-    def _hello(self) -> None:
-        opts = self.options
-        name = opts.name or local_fqdn()
-        if "." not in name or not name.isascii():
-            name = self._transport.address_literal()
-        reply = self._command(self._protocol.ehlo(name))
-        if not reply.is_positive and not opts.lmtp:
-            reply = self._command(self._protocol.helo(name))
-        if not reply.is_positive:
-            raise ProtocolError.from_reply(reply, "server refused EHLO and HELO")
-
-    def _starttls(self) -> None:
-        opts = self.options
-        if "STARTTLS" not in self.extensions:
-            if opts.require_tls:
-                raise TLSError("STARTTLS extension not supported by server. (require_tls is set)")
-            return
-        reply = self._command(self._protocol.starttls())
-        if reply.code != 220:
-            if opts.opportunistic_tls:
-                self._fall_back_to_plaintext(f"the server refused STARTTLS: {reply}")
-                return
-            raise TLSError.from_reply(reply, "server refused STARTTLS")
-        self._start_tls(time.monotonic() + opts.connection_timeout, "STARTTLS")
-        self._hello()
-
-    def _fall_back_to_plaintext(self, reason: str) -> None:
-        """Record and log (at WARNING, every time) a session going on without the TLS
-        the server offered, as ``opportunistic_tls`` allows."""
-        self.tls_fallback = reason
-        self._log.warning(
-            "%s:%s: continuing WITHOUT TLS (opportunistic_tls): %s",
-            self.options.host,
-            self.options.port,
-            reason,
         )
 
     # -- authentication ----------------------------------------------------------------
@@ -377,53 +206,16 @@ class SMTPConnection:
             return
         with self._guard("authenticating"):
             self._require(State.READY)
-            plaintext_ok = self.options.allow_plaintext_auth or self._transport.on_loopback()
-            if not self.secure and not plaintext_ok:
-                raise AuthenticationError(
-                    f"refusing to send credentials to {self.options.host} over an unencrypted "
-                    "connection; use TLS (secure=True or STARTTLS) or allow_plaintext_auth=True"
-                )
-            if "AUTH" not in self.extensions:  # smtplib's wording, familiar to its users
-                raise AuthenticationError(
-                    "SMTP AUTH extension not supported by server."
-                    + ("" if self.secure else " (Some servers offer it only after STARTTLS.)")
-                )
-            method = choose_mechanism(
-                self.extensions.auth_mechanisms,
-                oauth2=isinstance(credentials, OAuth2),
-                forced=self.options.auth_method,
-            )
-            reply = self._login_with(method, credentials)
-            if reply.code != 235:
-                raise AuthenticationError.from_reply(reply, f"AUTH {method} failed")
+            method = log_in(self._channel, credentials, secure=self.secure)
         self._log.info(
             "authenticated to %s as %s with %s", self.options.host, credentials.user, method
         )
 
-    def _login_with(self, method: str, credentials: Credentials | OAuth2) -> Reply:
-        if isinstance(credentials, Credentials):
-            return self._sasl(method, credentials.user, credentials.password)
-        token = credentials.get_token()
-        reply = self._sasl(method, credentials.user, token)
-        if reply.code != 235 and credentials.can_refresh:  # a revoked token: refresh once
-            self._log.info("XOAUTH2 token for %s rejected; refreshing once", credentials.user)
-            reply = self._sasl(method, credentials.user, credentials.refresh(rejected=token))
-        return reply
-
-    def _sasl(self, method: str, user: str, secret: str) -> Reply:
-        mechanism = make_mechanism(method, user, secret)
-        reply = self._command(self._protocol.auth(method, mechanism.initial_response()))
-        for _ in range(MAX_AUTH_ROUNDS):
-            if reply.code != 334:
-                return reply
-            answer = mechanism.respond(decode_challenge(reply))
-            reply = self._command(self._protocol.auth_continue(answer))
-        raise ProtocolError(f"AUTH {method}: more than {MAX_AUTH_ROUNDS} challenges")
-
     def _require(self, state: State) -> None:
         self._transport.connected()
-        if self._protocol.state != state or self._protocol.pending:
-            raise ConnectError(f"connection is not ready (state {self._protocol.state.name})")
+        protocol = self._channel.protocol
+        if protocol.state != state or protocol.pending:
+            raise ConnectError(f"connection is not ready (state {protocol.state.name})")
 
     # -- sending -----------------------------------------------------------------------
 
@@ -453,7 +245,7 @@ class SMTPConnection:
         )
         return result
 
-    # -- pipelining across transactions --------------------------------------------------
+    # -- runs of messages ----------------------------------------------------------------
 
     def send_stream(
         self,
@@ -461,94 +253,92 @@ class SMTPConnection:
         more: Callable[[], tuple[Envelope | Mapping[str, Any], MessageInput] | None],
     ) -> Iterator[SendResult | SMTPError]:
         """Send ``first``, then each message ``more()`` returns until it returns None,
-        yielding one outcome per message in order.
+        yielding one outcome per message in order (:meth:`send_each` with a callback:
+        ``more()`` is called only when the next message can be sent)."""
+        items = (_Pair(*item) for item in itertools.chain([first], iter(more, None)))
+        for _, outcome in self.send_each(items):
+            yield outcome
+
+    def send_each(self, items: Iterable[Item]) -> Iterator[tuple[Item, SendResult | SMTPError]]:
+        """Send each item (an envelope, and ``content()`` asked for once, when it goes
+        out) and yield it with its outcome, in order.
 
         On a PIPELINING server using DATA, each message's content and end of data go out
         in the same write as the next message's MAIL, RCPT and DATA (RFC 2920 lets the
         content transfer open a group): one write and one round trip per message.  Other
-        servers get one :meth:`send` at a time.  ``more()`` is called only when the next
-        message can be sent, and never after an outcome that closed the connection; the
-        message announced behind a lost end of data comes back as a ConnectError without
+        servers get one :meth:`send` at a time.  The next item is taken only when it can
+        be sent, and never after an outcome that closed the connection; the item
+        announced behind a lost end of data comes back with a ConnectError without
         ``delivery_unknown`` (its data never left), so it may be retried.
         """
-        ext = self.extensions
-        if "PIPELINING" not in ext or "CHUNKING" in ext or self.options.lmtp:
-            item: tuple[Envelope | Mapping[str, Any], MessageInput] | None = first
-            while item is not None:
-                try:
-                    yield self.send(*item)
-                except SMTPError as exc:
-                    yield exc
-                    if not self.is_connected:
-                        return
-                item = more()
+        ext, stream = self.extensions, iter(items)
+        if "PIPELINING" in ext and "CHUNKING" not in ext and not self.options.lmtp:
+            yield from self._pipeline(stream)
             return
-        yield from self._pipeline(first, more)
+        for item in stream:
+            try:
+                yield item, self.send(item.envelope, item.content())
+            except SMTPError as exc:
+                yield item, exc
+                if not self.is_connected:
+                    return
 
-    def _pipeline(
-        self,
-        first: tuple[Envelope | Mapping[str, Any], MessageInput],
-        more: Callable[[], tuple[Envelope | Mapping[str, Any], MessageInput] | None],
-    ) -> Iterator[SendResult | SMTPError]:
-        refused: list[SMTPError] = []  # refused by checks that need no reply
+    def _pipeline(self, items: Iterator[Item]) -> Iterator[tuple[Item, SendResult | SMTPError]]:
+        refused: list[tuple[Item, SMTPError]] = []  # refused by checks that need no reply
 
-        def prepare(
-            item: tuple[Any, MessageInput] | None,
-        ) -> tuple[Envelope, MessageSource, bytes] | None:
-            while item is not None:
+        def prepare() -> tuple[Item, Envelope, MessageSource, bytes] | None:
+            for item in items:
                 try:
-                    return self._sender.prepare_commands(item)
+                    return item, *self._sender.prepare_commands(item)
                 except (EnvelopeError, MessageError) as exc:
-                    refused.append(exc)
-                    item = more()
+                    refused.append((item, exc))
             return None
 
-        with self._guard("sending messages"):
-            self._require(State.READY)
-            current = prepare(first)
-            if current is not None:
-                self._write(current[2])
-        following: list[tuple[Envelope, MessageSource, bytes]] = []  # announced behind this one
+        def write_next() -> tuple[Item, Envelope, MessageSource, bytes] | None:
+            with self._guard("sending messages"):
+                self._require(State.READY)
+                prepared = prepare()
+                if prepared is not None:
+                    self._channel.write(prepared[3])
+                return prepared
 
         def next_commands() -> bytes:
-            prepared = prepare(more())
+            prepared = prepare()
             if prepared is None:
                 return b""
             following.append(prepared)
-            return prepared[2]
+            return prepared[3]
 
+        current = write_next()
+        following: list[tuple[Item, Envelope, MessageSource, bytes]] = []  # announced behind it
         while True:
             yield from refused
             refused.clear()
             if current is None:
                 return
-            env, source, _ = current
+            item, env, source, _ = current
             following.clear()
-
             try:
                 result = self._sender.send_pipelined(env, source, next_commands)
             except SMTPError as exc:
                 if isinstance(exc, _FATAL):
                     self.close()
-                yield exc
+                yield item, exc
                 if not self.is_connected:
                     yield from refused
                     if following:  # its commands went out, its data never did
-                        yield ConnectError("connection lost before this message was sent")
+                        lost = ConnectError("connection lost before this message was sent")
+                        yield following[0][0], lost
                     return
-                if following:  # refused at the end of data: the next one is under way
-                    current = following[0]
-                    continue
-                with self._guard("sending messages"):  # refused before its data
-                    current = prepare(more())
-                    if current is not None:
-                        self._write(current[2])
+                # Refused at the end of data, the next one is under way; before its data,
+                # nothing is: the next one starts now.
+                current = following[0] if following else write_next()
                 continue
             except BaseException:
                 self.close()
                 raise
             self.messages_sent += 1
-            yield result
+            yield item, result
             current = following[0] if following else None
 
     # -- reuse ---------------------------------------------------------------------------
@@ -556,7 +346,7 @@ class SMTPConnection:
     def is_within_limits(self) -> bool:
         """The cheap half of :meth:`is_reusable`: idle and clean, and below
         ``max_messages`` and ``connection_ttl``; the socket is not examined."""
-        if not self._is_clean() or self._protocol.state != State.READY:
+        if not self._channel.is_clean() or self.state != State.READY:
             return False
         return self.has_room()
 
@@ -596,12 +386,12 @@ class SMTPConnection:
     def reset(self) -> Reply:
         """RSET: abandon any transaction and return to a clean session."""
         with self._guard("resetting"):
-            return self._sender.expect_positive(self._protocol.rset(), "RSET")
+            return self._channel.expect_positive(self._channel.protocol.rset(), "RSET")
 
     def noop(self) -> Reply:
         """NOOP: check that the server still answers."""
         with self._guard("sending NOOP"):
-            return self._sender.expect_positive(self._protocol.noop(), "NOOP")
+            return self._channel.expect_positive(self._channel.protocol.noop(), "NOOP")
 
     def quit(self) -> None:
         """Say goodbye and close; a server that just hangs up (even mid-TLS) is fine too."""
@@ -614,10 +404,11 @@ class SMTPConnection:
             return None
         try:
             with self._guard("quitting"):
-                if self._protocol.state in (State.CLOSED, State.FAILED) or self._protocol.pending:
+                protocol = self._channel.protocol
+                if protocol.state in (State.CLOSED, State.FAILED) or protocol.pending:
                     self.close()
                     return None
-                self._write(self._protocol.quit())
+                self._channel.write(protocol.quit())
                 return time.monotonic() + min(self.options.socket_timeout, QUIT_TIMEOUT)
         except (ConnectError, TLSError, SMTPTimeoutError) as exc:
             self._log.debug("ignoring %s while quitting %s", exc.code, self.options.host)
@@ -628,7 +419,7 @@ class SMTPConnection:
         """The second half of :func:`quit_all`: wait for the reply to QUIT, then close."""
         try:
             with self._guard("quitting"):
-                self._read_reply(deadline, "quitting", closing_ok=True)
+                self._channel.read_reply(deadline, "quitting", closing_ok=True)
         except SMTPError as exc:  # whatever the goodbye was (even malformed), we are done
             self._log.debug("ignoring %s while quitting %s", exc.code, self.options.host)
         finally:

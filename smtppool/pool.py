@@ -867,7 +867,7 @@ class SMTPPool:
 
 
 #: help(SMTPPool) lists every option with its default and meaning, from the one table.
-SMTPPool.__doc__ = f"{inspect.cleandoc(SMTPPool.__doc__ or '')}\n\n{describe_options(pool=True)}"
+SMTPPool.__doc__ = f"{inspect.cleandoc(SMTPPool.__doc__ or '')}\n\n{describe_options()}"
 
 
 def _keep_house(pool_ref: weakref.ref[SMTPPool], stop: threading.Event, interval: float) -> None:

@@ -4,31 +4,29 @@
 PIPELINING) and the pieces the session's cross-transaction pipelining is built from;
 :func:`judge_envelope` reads the MAIL and RCPT replies into an :class:`EnvelopeVerdict`,
 a small value that turns the end-of-data verdicts into the :class:`SendResult`.  It
-speaks to the server through its session (:class:`Session`): the protocol, writes and
-reads with deadlines; it opens and closes nothing.
+speaks to the server through the session's :class:`~smtppool.channel.Channel` (the
+protocol, writes and reads with deadlines); it opens and closes nothing.
 """
 
 from __future__ import annotations
 
-import logging
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import Any, NoReturn, Protocol
 
-from .config import Options
+from .channel import Channel
 from .envelope import Envelope, SendResult, ascii_address
 from .errors import (
     ConnectError,
     EnvelopeError,
     MessageError,
-    ProtocolError,
     SMTPError,
     SMTPTimeoutError,
 )
 from .message import MessageInput, MessageSource, prepare_message
 from .protocol import Extensions, Reply, SMTPProtocol
 
-__all__ = ["BDAT_WINDOW", "EnvelopeVerdict", "Sender", "Session", "judge_envelope"]
+__all__ = ["BDAT_WINDOW", "EnvelopeVerdict", "Outgoing", "Sender", "judge_envelope"]
 
 #: Most BDAT chunks sent ahead of their replies under PIPELINING (64 KiB each from files
 #: and bytes, so about half a megabyte in flight).
@@ -43,20 +41,14 @@ def _lost_after_end_of_data(exc: ConnectError | SMTPTimeoutError) -> None:
         exc.delivery_unknown = True
 
 
-class Session(Protocol):
-    """What a transaction needs of its session."""
+class Outgoing(Protocol):
+    """A message to send in a run (:meth:`SMTPConnection.send_each`): its envelope, and
+    its content, asked for once, when the message goes out."""
 
-    options: Options
-    _protocol: SMTPProtocol
-    _log: logging.Logger
+    @property
+    def envelope(self) -> Envelope | Mapping[str, Any]: ...
 
-    def _write(self, data: bytes) -> None: ...
-
-    def _read_reply(
-        self, deadline: float | None = None, doing: str = "waiting for a reply"
-    ) -> Reply: ...
-
-    def _command(self, data: bytes, doing: str = "waiting for a reply") -> Reply: ...
+    def content(self) -> MessageInput: ...
 
 
 @dataclass(slots=True)
@@ -121,21 +113,21 @@ def judge_envelope(env: Envelope, mail_reply: Reply, rcpt_replies: list[Reply]) 
 class Sender:
     """Sends messages on one session: see the module's docstring."""
 
-    def __init__(self, session: Session) -> None:
-        self._session = session
-        self.options = session.options
-        self._log = session._log
-        self._write = session._write
-        self._read_reply = session._read_reply
-        self._command = session._command
+    def __init__(self, channel: Channel) -> None:
+        self._channel = channel
+        self.options = channel.options
+        self._write = channel.write
+        self._stream = channel.stream
+        self._read_reply = channel.read_reply
+        self._command = channel.command
 
     @property
     def _protocol(self) -> SMTPProtocol:
-        return self._session._protocol  # a new one for each connect()
+        return self._channel.protocol  # a new one for each session
 
     @property
     def extensions(self) -> Extensions:
-        return self._session._protocol.extensions
+        return self._channel.protocol.extensions
 
     def prepare(self, message: MessageInput, env: Envelope) -> MessageSource:
         utf8 = self._in_utf8(env)
@@ -290,19 +282,7 @@ class Sender:
 
     def reset(self) -> None:
         """Reset the session after a transaction failed before its data was complete."""
-        self.expect_positive(self._protocol.rset(), "RSET")
-
-    def expect_positive(self, command: bytes, verb: str) -> Reply:
-        reply = self._command(command)
-        if not reply.is_positive:
-            raise ProtocolError.from_reply(reply, f"{verb} refused")
-        return reply
-
-    def _stream(self, data: bytes) -> None:
-        if data:
-            if self.options.debug:
-                self._log.debug("smtp %s content: %r", self.options.host, data)
-            self._write(data)
+        self._channel.expect_positive(self._protocol.rset(), "RSET")
 
     def _send_data(
         self, source: MessageSource, accepted: int, then: Callable[[], bytes] = bytes
@@ -346,12 +326,10 @@ class Sender:
             _lost_after_end_of_data(exc)
             raise
 
-    def prepare_commands(
-        self, item: tuple[Envelope | Mapping[str, Any], MessageInput]
-    ) -> tuple[Envelope, MessageSource, bytes]:
+    def prepare_commands(self, item: Outgoing) -> tuple[Envelope, MessageSource, bytes]:
         """The envelope, content source and MAIL/RCPT/DATA bytes for the next message."""
-        env = Envelope.coerce(item[0])
-        source = self.prepare(item[1], env)
+        env = Envelope.coerce(item.envelope)
+        source = self.prepare(item.content(), env)
         p, dsn = self._protocol, env.dsn
         commands = [self._mail_command(env, source)]
         for recipient in self._recipients(env):

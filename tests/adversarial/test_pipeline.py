@@ -111,3 +111,46 @@ def test_mixed_outcomes_in_order_against_the_sink(smtpd: Callable[..., Sink]) ->
         f"u{i}@x.org" for i in range(40) if i % 10 != 3 and i != 17
     ]
     assert {m.connection for m in sink.messages} == {1}
+
+
+class Item:
+    """An Outgoing item that records when its content was asked for."""
+
+    def __init__(self, envelope: Envelope, body: bytes, log: list[str]) -> None:
+        self.envelope, self.body, self.log = envelope, body, log
+
+    def content(self) -> bytes:
+        self.log.append(f"content {self.envelope.rcpt_to[0]}")
+        return self.body
+
+
+def test_send_each_pairs_every_outcome_with_its_item(smtpd: Callable[..., Sink]) -> None:
+    """send_each takes an iterator of items and yields (item, outcome): an item refused
+    before the wire (over SIZE) and one refused by the server each come back with their
+    own item, and the next item is taken only when the connection can send it."""
+    sink = smtpd(extensions=["PIPELINING"], reject_recipients=["c@x.org"], data_size_limit=5000)
+    log: list[str] = []
+    bodies = {"b": b"one\r\n", "big": b"x" * 6000 + b"\r\n", "c": b"three\r\n", "d": b"four\r\n"}
+    items = [Item(Envelope("a@x.org", f"{k}@x.org"), v, log) for k, v in bodies.items()]
+
+    def source() -> Iterator[Item]:
+        for item in items:
+            log.append(f"take {item.envelope.rcpt_to[0]}")
+            yield item
+
+    with SMTPConnection(host=sink.host, port=sink.port) as conn:
+        pairs = []
+        for item, outcome in conn.send_each(source()):
+            log.append(f"outcome {item.envelope.rcpt_to[0]}")
+            pairs.append((item, outcome))
+    assert [item for item, _ in pairs] == items  # in order, each with its own outcome
+    by_name = {item.envelope.rcpt_to[0]: outcome for item, outcome in pairs}
+    assert isinstance(by_name["big@x.org"], MessageError)
+    assert isinstance(by_name["c@x.org"], EnvelopeError)
+    assert not isinstance(by_name["b@x.org"], SMTPError) and by_name["b@x.org"].accepted
+    assert not isinstance(by_name["d@x.org"], SMTPError) and by_name["d@x.org"].accepted
+    # Each content is asked for once, right after its item is taken; the third item is
+    # taken only once the first message's data is on its way (it rides with its end).
+    assert log.count("content b@x.org") == 1 and log.count("content d@x.org") == 1
+    assert log.index("take c@x.org") > log.index("content b@x.org")
+    assert [m.rcpt_tos[0] for m in sink.messages] == ["b@x.org", "d@x.org"]

@@ -53,7 +53,7 @@ def test_one_megabyte_line_is_refused_with_bounded_memory(scripted: Scripted) ->
     conn = client(server)
     with pytest.raises(ProtocolError, match="longer than 8192"):
         conn.connect()
-    assert len(conn._protocol._buffer) < 100_000  # stopped reading long before 1 MB
+    assert len(conn._channel.protocol._buffer) < 100_000  # stopped reading long before 1 MB
     assert not conn.is_connected
 
 

@@ -27,6 +27,7 @@ def test_compiled_modules_name_the_extension_modules_all_or_none() -> None:
     assert compiled in (
         [],
         [
+            "smtppool.channel",
             "smtppool.connection",
             "smtppool.message",
             "smtppool.protocol",

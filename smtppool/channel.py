@@ -1,0 +1,106 @@
+"""Channel: the dialogue with one server, a transport carrying the sans-IO protocol.
+
+Everything that speaks to the server goes through one :class:`Channel`: the session
+opening it (:mod:`smtppool.handshake`), logging in (:mod:`smtppool.login`) and sending
+(:mod:`smtppool.transaction`).  It writes command bytes, feeds what the transport reads
+to the protocol until a whole reply is parsed, holds that read to a deadline, and logs
+the dialogue when asked.  It decides nothing about errors: the session's guard
+(:class:`~smtppool.connection.SMTPConnection`) closes the socket when one is fatal.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+
+from .config import Options
+from .errors import ConnectError, ProtocolError
+from .protocol import SMTPProtocol, State
+from .replies import Extensions, Reply
+from .transport import Transport
+
+__all__ = ["Channel"]
+
+
+class Channel:
+    """One server's transport and the protocol state of the session on it."""
+
+    def __init__(self, options: Options, log: logging.Logger) -> None:
+        self.options = options
+        self.log = log
+        self.transport = Transport(options)
+        self.protocol = SMTPProtocol(lmtp=options.lmtp)
+        self._trace = options.transaction_log or options.debug
+        #: The most recent reply from the server.
+        self.last_reply: Reply | None = None
+
+    def restart(self) -> None:
+        """Forget the previous session's protocol state, for a new session."""
+        self.protocol = SMTPProtocol(lmtp=self.options.lmtp)
+
+    @property
+    def extensions(self) -> Extensions:
+        return self.protocol.extensions
+
+    def is_clean(self) -> bool:
+        """True when no reply is outstanding and no transaction or exchange is half done."""
+        return (
+            self.transport.sock is not None
+            and self.protocol.pending == 0
+            and self.protocol.state in (State.HELLO, State.READY)
+        )
+
+    def write(self, data: bytes) -> None:
+        self.transport.write(data)
+
+    def stream(self, data: bytes) -> None:
+        """Write message content (logged only under ``debug``)."""
+        if data:
+            if self.options.debug:
+                self.log.debug("smtp %s content: %r", self.options.host, data)
+            self.transport.write(data)
+
+    def read_reply(
+        self,
+        deadline: float | None = None,
+        doing: str = "waiting for a reply",
+        *,
+        closing_ok: bool = False,
+    ) -> Reply:
+        """Read one whole reply before ``deadline`` (default: ``socket_timeout`` from now).
+
+        The deadline covers the whole reply, so a server dripping bytes cannot extend it.
+        A 421 (server closing) raises :class:`ConnectError` unless ``closing_ok``.
+        """
+        protocol = self.protocol
+        reply = protocol.next_reply()  # pipelined replies often arrived together
+        if reply is None:
+            transport = self.transport
+            if deadline is None:
+                deadline = time.monotonic() + self.options.socket_timeout
+            while reply is None:
+                if protocol.peer_closed:
+                    by = "aborted" if transport.aborted else "closed by the server"
+                    raise ConnectError(f"connection {by} while {doing}")
+                protocol.receive_data(transport.receive(deadline, doing))
+                reply = protocol.next_reply()
+        self.last_reply = reply
+        if self._trace:
+            self.log.debug(
+                "smtp %s:%s C: %s S: %s", self.options.host, self.options.port, reply.command, reply
+            )
+        if reply.code == 421 and not closing_ok:
+            raise ConnectError.from_reply(reply, "server is closing the session")
+        return reply
+
+    def command(self, data: bytes, doing: str = "waiting for a reply") -> Reply:
+        """Write one command and read its reply."""
+        self.transport.write(data)
+        return self.read_reply(doing=doing)
+
+    def expect_positive(self, command: bytes, verb: str) -> Reply:
+        """Run a command the session cannot go on without (RSET, NOOP)."""
+        reply = self.command(command)
+        if not reply.is_positive:
+            raise ProtocolError.from_reply(reply, f"{verb} refused")
+        return reply
