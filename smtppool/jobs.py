@@ -1,25 +1,28 @@
 """Jobs: one message on its way through the pool, and the future its caller holds.
 
 A :class:`Job` carries the message (a :class:`Payload` that can be replayed for a retry
-while it was not consumed), its envelope, its future and its state; the pool changes
-the state under its lock, QUEUED -> TAKEN -> SENDING -> DONE, and only a job that is
-not on the wire can be withdrawn.  :func:`settle` completes a future once.
-Plain values and a thread-safe completion; no sockets.
+while it was not consumed), its envelope, its future and its state.  :class:`Jobs`
+holds the pool's jobs and moves each through its life, QUEUED -> TAKEN -> SENDING ->
+DONE, under the pool's lock; only a job that is not on the wire can be withdrawn.
+:func:`settle` completes a future once.  Plain values and a thread-safe completion; no
+sockets.
 """
 
 from __future__ import annotations
 
 import functools
 import threading
+from collections import deque
 from collections.abc import Iterable, Iterator
 from concurrent.futures import InvalidStateError
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from email.message import Message
 from typing import BinaryIO, Protocol, cast
 
 from .envelope import Envelope, SendResult
 from .errors import SMTPError
 from .message import CHUNK_BYTES, MessageInput
+from .pushback import RetryBudget
 
 __all__ = [
     "DONE",
@@ -28,6 +31,7 @@ __all__ = [
     "TAKEN",
     "Completion",
     "Job",
+    "Jobs",
     "Payload",
     "Settleable",
     "settle",
@@ -135,9 +139,93 @@ class Job:
     future: Settleable
     queued_at: float
     state: str = QUEUED
-    retries_used: int = 0
-    stale_allowance: int = 1  # a reused connection found dead costs no retry
+    budget: RetryBudget = field(default_factory=RetryBudget)
     running: bool = False  # its future was told it runs (on the first attempt)
+
+    def content(self) -> MessageInput:
+        """The message for this attempt (what a connection sends; see Payload.attempt)."""
+        return self.payload.attempt()
+
+
+class Jobs:
+    """The pool's jobs: queued ones oldest first, and those started (taken by a worker,
+    or on the wire).  Not thread-safe: the pool calls it under its lock, and settles
+    futures outside it."""
+
+    __slots__ = ("started", "waiting")
+
+    def __init__(self) -> None:
+        self.waiting: deque[Job] = deque()
+        self.started: set[Job] = set()
+
+    def __len__(self) -> int:
+        """Jobs queued or started."""
+        return len(self.waiting) + len(self.started)
+
+    def add(self, job: Job) -> None:
+        self.waiting.append(job)
+
+    def take(self) -> Job | None:
+        """The oldest queued job, now TAKEN by the calling worker."""
+        if not self.waiting:
+            return None
+        job = self.waiting.popleft()
+        job.state = TAKEN
+        self.started.add(job)
+        return job
+
+    def give_back(self, jobs: Iterable[Job]) -> None:
+        """Put taken jobs back at the head of the queue, in their order."""
+        for job in reversed(list(jobs)):
+            if job.state == TAKEN:
+                job.state = QUEUED
+                self.started.discard(job)
+                self.waiting.appendleft(job)
+
+    def claim(self, job: Job) -> bool:
+        """Put a taken job on the wire: False when it was withdrawn or its future
+        cancelled meanwhile (the caller then finishes it without an outcome)."""
+        if job.state != TAKEN:
+            return False
+        if not job.running and not job.future.set_running_or_notify_cancel():
+            return False
+        job.state, job.running = SENDING, True
+        return True
+
+    def retake(self, job: Job) -> bool:
+        """Take a failed attempt's job back for another; False when it is already done."""
+        if job.state == DONE:
+            return False
+        job.state = TAKEN
+        return True
+
+    def finish(self, job: Job) -> bool:
+        """A started job is over; False when it already was (withdrawn meanwhile)."""
+        if job.state == DONE:
+            return False
+        job.state = DONE
+        self.started.discard(job)
+        return True
+
+    def withdraw(self, jobs: Iterable[Job]) -> list[Job]:
+        """Mark the jobs among ``jobs`` that are not on the wire DONE, out of the queue;
+        the caller fails them."""
+        withdrawn = [job for job in jobs if job.state in (QUEUED, TAKEN)]
+        queued = {job for job in withdrawn if job.state == QUEUED}
+        if queued:
+            self.waiting = deque(job for job in self.waiting if job not in queued)
+        for job in withdrawn:
+            job.state = DONE
+            self.started.discard(job)
+        return withdrawn
+
+    def all(self) -> list[Job]:
+        """Every job queued or started, oldest queued first."""
+        return [*self.waiting, *self.started]
+
+    def find(self, future: object) -> Job | None:
+        """The job of ``future``, while it is queued or started."""
+        return next((job for job in self.all() if job.future is future), None)
 
 
 def settle(future: Settleable, outcome: SendResult | BaseException) -> None:

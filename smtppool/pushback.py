@@ -14,20 +14,25 @@ Servers limit clients in three ways, and each has its own answer here:
   proves the server did not take it.  The retry goes to another connection at once;
   when that means dialling, the dial backoff above spaces the attempts.
 
-The pool holds these objects under its own lock and passes ``now`` in, so every
-decision is tested with plain numbers.
+:class:`Pushback` gathers them into the pool's one policy object (as urllib3's
+``Retry`` is its pool's): whether a failed attempt is retried (:class:`RetryBudget`),
+the pause a throttling reply earns, what a failed dial teaches.  The pool holds it under
+its own lock; its clock is injected, so every decision is tested with plain numbers.
 """
 
 from __future__ import annotations
 
 import math
 import re
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from .errors import ConnectError, SMTPError, SMTPTimeoutError
 
 __all__ = [
     "ConnectionLimit",
+    "Pushback",
+    "RetryBudget",
     "Throttle",
     "is_connection_cap",
     "is_retryable",
@@ -198,3 +203,90 @@ class ConnectionLimit:
         if self.outage_since is None or pool_timeout is None:
             return None
         return max(queued_at, self.outage_since) + pool_timeout
+
+
+@dataclass(slots=True)
+class RetryBudget:
+    """One message's attempts left: ``used`` of the pool's ``retries``, and one free
+    attempt after a reused connection turned out dead (the server closed it while it
+    was idle: no fault of the message's)."""
+
+    used: int = 0
+    stale: int = 1
+
+
+@dataclass
+class Pushback:
+    """The pool's policy under push-back: retries, throttling, the working connection
+    limit and the dial backoff, with the time from ``clock``."""
+
+    max_connections: int
+    retries: int
+    pool_timeout: float | None
+    clock: Callable[[], float]
+    limit: ConnectionLimit = field(init=False)
+    throttle: Throttle = field(default_factory=Throttle)
+    #: The last failed dial's error, for the error that ends a wait for a connection.
+    last_dial_error: SMTPError | None = None
+
+    def __post_init__(self) -> None:
+        self.limit = ConnectionLimit(self.max_connections)
+
+    def wait_over(self, queued_at: float) -> bool:
+        """Whether a message queued at ``queued_at`` has waited for a connection past
+        ``pool_timeout`` (the wait counts only while no connection is open)."""
+        ends = self.limit.wait_ends(queued_at, self.pool_timeout)
+        return ends is not None and self.clock() >= ends
+
+    def may_retry(
+        self, budget: RetryBudget, error: SMTPError, *, reused: bool, replayable: bool
+    ) -> bool:
+        """Whether a failed attempt gets another, spending it from ``budget``: only when
+        the failure proves the server did not take the message (:func:`is_retryable`)
+        and the message can be sent again.  The retry goes at once to another
+        connection; a new one is dialled under the dial backoff, which is what spaces
+        out attempts on a server that keeps failing."""
+        if not (replayable and is_retryable(error)):
+            return False
+        if reused and budget.stale:
+            budget.stale -= 1
+            return True
+        if budget.used < self.retries:
+            budget.used += 1
+            return True
+        return False
+
+    def pause_for(self, error: SMTPError) -> float | None:
+        """The pause before new messages that ``error`` earns, or None when it is not
+        throttling."""
+        return self.throttle.next_pause() if is_throttling(error) else None
+
+    def delivered(self) -> None:
+        """A message went through: throttling, if it comes again, starts afresh."""
+        self.throttle.flowing()
+
+    def dial_failed(self, error: SMTPError, *, open_: int, dialing: int) -> bool:
+        """Learn from a dial that failed with a temporary ``error`` while ``open_``
+        connections are open and ``dialing`` others are being dialled; True when the
+        working limit fell (the server caps connections)."""
+        self.last_dial_error = error
+        cap = is_connection_cap(error, others_open=open_)
+        return self.limit.dial_failed(self.clock(), open_, cap=cap, dialing=dialing)
+
+    def no_connection_error(self, host: str, port: int | None, waited: float) -> ConnectError:
+        """The error for messages whose wait for a connection ran past ``pool_timeout``
+        (after ``waited`` seconds), carrying the last failed dial's reply and cause."""
+        last = self.last_dial_error
+        text = f"not sent: no connection to {host}:{port} could be opened"
+        text += f" within pool_timeout ({self.pool_timeout:g} s; waited {waited:.1f} s)"
+        if last is None:
+            return ConnectError(text)
+        error = ConnectError(
+            f"{text}; last attempt: {last.message}",
+            code=last.code if isinstance(last, ConnectError) else None,
+            response=last.response,
+            response_code=last.response_code,
+            command=last.command,
+        )
+        error.__cause__ = last
+        return error

@@ -28,7 +28,7 @@ from smtppool import (
     SMTPPool,
     SMTPTimeoutError,
 )
-from smtppool import pool as pool_module
+from smtppool import workers as workers_module
 from smtppool.pushback import is_retryable
 
 from ..faults import Faults, FaultServer
@@ -117,7 +117,9 @@ def assert_fates_match_the_server(outcomes: dict[int, Outcome], server: FaultSer
 def assert_pool_is_whole(pool: SMTPPool) -> None:
     stats = pool.stats()
     assert stats["queued"] == stats["in_flight"] == 0, stats
-    assert wait_until(lambda: pool._workers == 0 and pool._dialing == 0), repr(pool)
+    assert wait_until(lambda: pool._workers.running == 0 and pool._connections.dialing == 0), repr(
+        pool
+    )
 
 
 @pytest.mark.parametrize("driver", DRIVERS, ids=lambda d: d.__name__)
@@ -283,7 +285,7 @@ def test_close_with_a_timeout_reports_every_fate_promptly(
     assert all(not e.delivery_unknown for e in closed)
     time.sleep(0.2)
     assert len(server.received) == 2
-    assert pool.stats()["failed"] == 20 and pool._workers == 0
+    assert pool.stats()["failed"] == 20 and pool._workers.running == 0
 
 
 def test_close_with_a_timeout_cuts_a_dial_in_progress(
@@ -298,7 +300,7 @@ def test_close_with_a_timeout_cuts_a_dial_in_progress(
     assert time.monotonic() - start < 3
     with pytest.raises(PoolClosedError):
         future.result(0)
-    assert wait_until(lambda: pool._workers == 0) and server.received == []
+    assert wait_until(lambda: pool._workers.running == 0) and server.received == []
 
 
 def test_send_timeout_while_queued_withdraws_the_message(
@@ -371,7 +373,9 @@ def test_a_malformed_goodbye_while_retiring_wedges_nothing(
     with pool_for(server, max_connections=1, max_messages=1) as pool:
         assert pool.send(raw(1), timeout=10).response == "250 queued"
         assert pool.send(raw(2), timeout=10).response == "250 queued"
-        assert wait_until(lambda: pool._workers == 0 and pool._open == 0), repr(pool)
+        assert wait_until(lambda: pool._workers.running == 0 and pool._connections.open == 0), repr(
+            pool
+        )
         assert pool.stats()["connections_retired"] == 2
 
 
@@ -419,14 +423,14 @@ def test_a_withdrawal_being_settled_is_not_reported_on_the_wire(
 ) -> None:
     """close() marks queued messages done under the lock and settles them after; a
     result() timing out in between said delivery_unknown for a message never sent."""
-    settle = pool_module.settle
+    settle = workers_module.settle
 
     def slow_settle(future: Any, outcome: Any) -> None:
         if isinstance(outcome, PoolClosedError):
             time.sleep(0.5)  # widen the gap between the state change and the settlement
         settle(future, outcome)
 
-    monkeypatch.setattr(pool_module, "settle", slow_settle)
+    monkeypatch.setattr(workers_module, "settle", slow_settle)
     server = fault_server(stall=1.5)
     pool = pool_for(server, max_connections=1)
     # The first is sent, the second pipelined behind it (on the wire too), the third waits.
@@ -464,5 +468,5 @@ def test_a_connection_back_from_sending_after_close_is_retired(
     assert checked.wait(10)  # the message went through; its connection is being given back
     pool.close(wait=False)
     assert pool.result(future, 10).response.startswith("250")
-    assert wait_until(lambda: server.open_sessions == 0 and pool._open == 0), repr(pool)
-    assert len(pool._idle) == 0
+    assert wait_until(lambda: server.open_sessions == 0 and pool._connections.open == 0), repr(pool)
+    assert len(pool._connections.idle) == 0

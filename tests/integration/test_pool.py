@@ -378,8 +378,12 @@ def test_a_dial_that_raises_fails_its_message_and_strands_nothing(
     assert pool.stats()["in_flight"] == 0 and pool.stats()["failed"] == 1
     pool.send(RAW, timeout=10)  # the worker, its dial count and the limit are intact
     assert len(sink.messages) == 1
-    assert wait_until(lambda: pool._workers == 0)
-    assert (pool._open, pool._dialing, len(pool._idle)) == (1, 0, 1)
+    assert wait_until(lambda: pool._workers.running == 0)
+    assert (pool._connections.open, pool._connections.dialing, len(pool._connections.idle)) == (
+        1,
+        0,
+        1,
+    )
 
 
 def test_an_idle_connection_whose_socket_broke_is_replaced(
@@ -388,7 +392,7 @@ def test_an_idle_connection_whose_socket_broke_is_replaced(
     sink = smtpd()
     pool = make_pool(sink, max_connections=1)
     pool.send(RAW)
-    [connection] = pool._idle.connections()
+    [connection] = pool._connections.idle.connections()
     assert connection._transport.sock is not None
     connection._transport.sock.close()  # fileno() is now -1: select() raises ValueError
     pool.send(RAW, timeout=10)

@@ -15,6 +15,8 @@ from smtppool import (
 from smtppool.errors import SMTPError
 from smtppool.pushback import (
     ConnectionLimit,
+    Pushback,
+    RetryBudget,
     Throttle,
     is_connection_cap,
     is_retryable,
@@ -147,3 +149,87 @@ def test_pool_timeout_counts_only_while_nothing_is_open() -> None:
 def test_a_limit_needs_a_ceiling() -> None:
     with pytest.raises(ValueError):
         ConnectionLimit(0)
+
+
+class Clock:
+    """A clock the test moves by hand."""
+
+    def __init__(self) -> None:
+        self.now = 100.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def policy(retries: int = 2, pool_timeout: float | None = 30.0) -> tuple[Pushback, Clock]:
+    clock = Clock()
+    return Pushback(5, retries, pool_timeout, clock=clock), clock
+
+
+LOST = ConnectError("connection lost")
+LOST_AFTER_DATA = ConnectError("lost after the end of data", delivery_unknown=True)
+
+
+def test_a_retry_spends_the_budget_and_a_dead_reused_connection_costs_nothing() -> None:
+    pushback, _ = policy(retries=2)
+    budget = RetryBudget()
+    # The first failure on a reused connection is free (it died while idle).
+    assert pushback.may_retry(budget, LOST, reused=True, replayable=True)
+    assert (budget.used, budget.stale) == (0, 0)
+    assert pushback.may_retry(budget, LOST, reused=True, replayable=True)
+    assert pushback.may_retry(budget, LOST, reused=False, replayable=True)
+    assert budget.used == 2
+    assert not pushback.may_retry(budget, LOST, reused=False, replayable=True)
+
+
+@pytest.mark.parametrize(
+    ("error", "replayable"),
+    [
+        (LOST_AFTER_DATA, True),  # it may have been delivered
+        (refusal("550 5.1.1 no such user", EnvelopeError), True),  # a refusal is final
+        (LOST, False),  # a stream that was consumed cannot be sent again
+    ],
+)
+def test_no_retry_unless_the_failure_proves_the_message_was_not_taken(
+    error: SMTPError, replayable: bool
+) -> None:
+    pushback, _ = policy()
+    budget = RetryBudget()
+    assert not pushback.may_retry(budget, error, reused=True, replayable=replayable)
+    assert (budget.used, budget.stale) == (0, 1)  # nothing spent
+
+
+def test_throttling_earns_a_doubling_pause_until_a_message_is_delivered() -> None:
+    pushback, _ = policy()
+    throttled = refusal("451 4.7.1 slow down", EnvelopeError, command="MAIL FROM:<a@x.org>")
+    assert pushback.pause_for(refusal("550 no", EnvelopeError, "RCPT TO:<b@x.org>")) is None
+    assert [pushback.pause_for(throttled) for _ in range(3)] == [1.0, 2.0, 4.0]
+    pushback.delivered()
+    assert pushback.pause_for(throttled) == 1.0
+
+
+def test_a_failed_dial_lowers_the_limit_on_a_cap_and_times_the_wait_from_the_clock() -> None:
+    pushback, clock = policy(pool_timeout=30.0)
+    cap = refusal("421 4.7.0 too many connections")
+    assert pushback.dial_failed(cap, open_=2, dialing=0)
+    assert pushback.limit.limit == 2 and pushback.last_dial_error is cap
+    assert not pushback.wait_over(queued_at=90.0)  # connections are open: no outage
+    # With none open, the wait for a connection counts from the outage's start.
+    pushback, clock = policy(pool_timeout=30.0)
+    assert not pushback.dial_failed(LOST, open_=0, dialing=0)
+    assert pushback.limit.limit == 5  # not a cap: the limit stays
+    clock.now = 129.0
+    assert not pushback.wait_over(queued_at=90.0)
+    clock.now = 130.5
+    assert pushback.wait_over(queued_at=90.0)
+    error = pushback.no_connection_error("mx.example", 25, waited=40.5)
+    assert isinstance(error, ConnectError) and error.__cause__ is LOST
+    assert "mx.example:25" in str(error) and "connection lost" in str(error)
+    assert "pool_timeout (30 s; waited 40.5 s)" in str(error)
+
+
+def test_without_pool_timeout_a_wait_never_ends() -> None:
+    pushback, clock = policy(pool_timeout=None)
+    pushback.dial_failed(LOST, open_=0, dialing=0)
+    clock.now = 10**9
+    assert not pushback.wait_over(queued_at=0.0)
