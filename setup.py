@@ -24,6 +24,7 @@ COMPILED = [
     "smtppool/transport.py",
     "smtppool/channel.py",
     "smtppool/transaction.py",
+    "smtppool/pipelining.py",
     "smtppool/connection.py",
 ]
 

@@ -4,22 +4,28 @@ Everything that speaks to the server goes through one :class:`Channel`: the sess
 opening it (:mod:`smtppool.handshake`), logging in (:mod:`smtppool.login`) and sending
 (:mod:`smtppool.transaction`).  It writes command bytes, feeds what the transport reads
 to the protocol until a whole reply is parsed, holds that read to a deadline, and logs
-the dialogue when asked.  It decides nothing about errors: the session's guard
-(:class:`~smtppool.connection.SMTPConnection`) closes the socket when one is fatal.
+the dialogue when asked.  Every exchange runs inside :meth:`Channel.guard`: low-level
+errors become :class:`SMTPError`s, and any timeout, protocol error or connection loss
+closes the socket, so a desynchronised session can never be reused.
 """
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import time
+from collections.abc import Iterator
 
 from .config import Options
-from .errors import ConnectError, ProtocolError
+from .errors import ConnectError, ProtocolError, SMTPTimeoutError, TLSError
 from .protocol import SMTPProtocol, State
 from .replies import Extensions, Reply
-from .transport import Transport
+from .transport import Transport, translate
 
-__all__ = ["Channel"]
+__all__ = ["FATAL", "Channel"]
+
+#: Errors after which the session cannot be trusted: the socket is closed.
+FATAL = (ConnectError, SMTPTimeoutError, TLSError, ProtocolError)
 
 
 class Channel:
@@ -49,6 +55,26 @@ class Channel:
             and self.protocol.pending == 0
             and self.protocol.state in (State.HELLO, State.READY)
         )
+
+    @contextlib.contextmanager
+    def guard(self, doing: str) -> Iterator[None]:
+        """Run an exchange: translate errors; close the socket when unsafe to go on."""
+        try:
+            try:
+                yield
+            except OSError as exc:
+                translate(exc, doing, self.options.host)
+        except BaseException as exc:
+            if isinstance(exc, FATAL) or not self.is_clean():
+                self.transport.close()
+            raise
+
+    def require_ready(self) -> None:
+        """Raise unless the session is open, between transactions, with no reply owed."""
+        self.transport.connected()
+        protocol = self.protocol
+        if protocol.state != State.READY or protocol.pending:
+            raise ConnectError(f"connection is not ready (state {protocol.state.name})")
 
     def write(self, data: bytes) -> None:
         self.transport.write(data)

@@ -1,14 +1,15 @@
 """SMTPConnection: one session, its transport's bytes driving the sans-IO protocol.
 
-The socket, its deadlines and the translation of low-level errors live in
-:mod:`smtppool.transport`; here every public operation runs inside :meth:`_guard`, and
-any timeout, protocol error or connection loss closes the socket, so a desynchronised
-session can never be reused.
+The session's life: open it (:mod:`smtppool.handshake`), log in (:mod:`smtppool.login`),
+send a message (:mod:`smtppool.transaction`) or a run of them
+(:mod:`smtppool.pipelining`), check it can be reused, reset, QUIT.  Each exchange runs
+inside its channel's guard (:meth:`smtppool.channel.Channel.guard`), so a timeout,
+protocol error or connection loss closes the socket and a desynchronised session is
+never reused.
 """
 
 from __future__ import annotations
 
-import contextlib
 import itertools
 import logging
 import socket
@@ -16,41 +17,33 @@ import time
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from types import TracebackType
-from typing import Any, TypeVar
+from typing import Any
 
 from .channel import Channel
 from .config import Options, normalise_auth
 from .envelope import Envelope, SendResult
 from .errors import (
     ConnectError,
-    EnvelopeError,
-    MessageError,
-    ProtocolError,
     SMTPError,
     SMTPTimeoutError,
     TLSError,
 )
 from .handshake import Handshake
 from .login import log_in
-from .message import MessageInput, MessageSource
+from .message import MessageInput
+from .pipelining import Item, PipelinedRun
 from .protocol import Extensions, Reply, State
-from .transaction import Outgoing, Sender
-from .transport import translate
+from .transaction import Sender
 
 __all__ = ["SMTPConnection", "quit_all"]
 
 #: Longest wait for the reply to QUIT: a graceful goodbye must not hold a shutdown.
 QUIT_TIMEOUT = 10.0
 
-# Errors after which the session cannot be trusted: the socket is closed.
-_FATAL = (ConnectError, SMTPTimeoutError, TLSError, ProtocolError)
-
-Item = TypeVar("Item", bound=Outgoing)
-
 
 @dataclass(frozen=True, slots=True)
 class _Pair:
-    """An ``(envelope, message)`` pair as an :class:`Outgoing` item."""
+    """An ``(envelope, message)`` pair as an item of a run (see ``send_each``)."""
 
     envelope: Envelope | Mapping[str, Any]
     message: MessageInput
@@ -136,19 +129,6 @@ class SMTPConnection:
 
     # -- the error boundary ------------------------------------------------------------
 
-    @contextlib.contextmanager
-    def _guard(self, doing: str) -> Iterator[None]:
-        """Run a public operation: translate errors; close the socket when unsafe to go on."""
-        try:
-            try:
-                yield
-            except OSError as exc:
-                translate(exc, doing, self.options.host)
-        except BaseException as exc:
-            if isinstance(exc, _FATAL) or not self._channel.is_clean():
-                self.close()
-            raise
-
     # -- connecting --------------------------------------------------------------------
 
     def connect(self) -> None:
@@ -180,7 +160,7 @@ class SMTPConnection:
         handshake = Handshake(self._channel)
         given, self._given_sock = self._given_sock, None  # used once
         try:
-            with self._guard("connecting"):
+            with self._channel.guard("connecting"):
                 handshake.run(given)
         finally:
             self.tls_mode, self.tls_fallback = handshake.tls_mode, handshake.tls_fallback
@@ -204,18 +184,12 @@ class SMTPConnection:
         credentials = normalise_auth(auth) if auth is not None else self.options.auth
         if credentials is None:
             return
-        with self._guard("authenticating"):
-            self._require(State.READY)
+        with self._channel.guard("authenticating"):
+            self._channel.require_ready()
             method = log_in(self._channel, credentials, secure=self.secure)
         self._log.info(
             "authenticated to %s as %s with %s", self.options.host, credentials.user, method
         )
-
-    def _require(self, state: State) -> None:
-        self._transport.connected()
-        protocol = self._channel.protocol
-        if protocol.state != state or protocol.pending:
-            raise ConnectError(f"connection is not ready (state {protocol.state.name})")
 
     # -- sending -----------------------------------------------------------------------
 
@@ -232,8 +206,8 @@ class SMTPConnection:
         """
         env = Envelope.coerce(envelope)
         source = self._sender.prepare(message, env)
-        with self._guard("sending a message"):
-            self._require(State.READY)
+        with self._channel.guard("sending a message"):
+            self._channel.require_ready()
             result = self._sender.send(env, source)
         self.messages_sent += 1
         self._log.debug(
@@ -273,7 +247,10 @@ class SMTPConnection:
         """
         ext, stream = self.extensions, iter(items)
         if "PIPELINING" in ext and "CHUNKING" not in ext and not self.options.lmtp:
-            yield from self._pipeline(stream)
+            for item, outcome in PipelinedRun(self._channel, self._sender, stream):
+                if isinstance(outcome, SendResult):
+                    self.messages_sent += 1
+                yield item, outcome
             return
         for item in stream:
             try:
@@ -282,64 +259,6 @@ class SMTPConnection:
                 yield item, exc
                 if not self.is_connected:
                     return
-
-    def _pipeline(self, items: Iterator[Item]) -> Iterator[tuple[Item, SendResult | SMTPError]]:
-        refused: list[tuple[Item, SMTPError]] = []  # refused by checks that need no reply
-
-        def prepare() -> tuple[Item, Envelope, MessageSource, bytes] | None:
-            for item in items:
-                try:
-                    return item, *self._sender.prepare_commands(item)
-                except (EnvelopeError, MessageError) as exc:
-                    refused.append((item, exc))
-            return None
-
-        def write_next() -> tuple[Item, Envelope, MessageSource, bytes] | None:
-            with self._guard("sending messages"):
-                self._require(State.READY)
-                prepared = prepare()
-                if prepared is not None:
-                    self._channel.write(prepared[3])
-                return prepared
-
-        def next_commands() -> bytes:
-            prepared = prepare()
-            if prepared is None:
-                return b""
-            following.append(prepared)
-            return prepared[3]
-
-        current = write_next()
-        following: list[tuple[Item, Envelope, MessageSource, bytes]] = []  # announced behind it
-        while True:
-            yield from refused
-            refused.clear()
-            if current is None:
-                return
-            item, env, source, _ = current
-            following.clear()
-            try:
-                result = self._sender.send_pipelined(env, source, next_commands)
-            except SMTPError as exc:
-                if isinstance(exc, _FATAL):
-                    self.close()
-                yield item, exc
-                if not self.is_connected:
-                    yield from refused
-                    if following:  # its commands went out, its data never did
-                        lost = ConnectError("connection lost before this message was sent")
-                        yield following[0][0], lost
-                    return
-                # Refused at the end of data, the next one is under way; before its data,
-                # nothing is: the next one starts now.
-                current = following[0] if following else write_next()
-                continue
-            except BaseException:
-                self.close()
-                raise
-            self.messages_sent += 1
-            yield item, result
-            current = following[0] if following else None
 
     # -- reuse ---------------------------------------------------------------------------
 
@@ -385,12 +304,12 @@ class SMTPConnection:
 
     def reset(self) -> Reply:
         """RSET: abandon any transaction and return to a clean session."""
-        with self._guard("resetting"):
+        with self._channel.guard("resetting"):
             return self._channel.expect_positive(self._channel.protocol.rset(), "RSET")
 
     def noop(self) -> Reply:
         """NOOP: check that the server still answers."""
-        with self._guard("sending NOOP"):
+        with self._channel.guard("sending NOOP"):
             return self._channel.expect_positive(self._channel.protocol.noop(), "NOOP")
 
     def quit(self) -> None:
@@ -403,7 +322,7 @@ class SMTPConnection:
         if self._transport.sock is None:
             return None
         try:
-            with self._guard("quitting"):
+            with self._channel.guard("quitting"):
                 protocol = self._channel.protocol
                 if protocol.state in (State.CLOSED, State.FAILED) or protocol.pending:
                     self.close()
@@ -418,7 +337,7 @@ class SMTPConnection:
     def _await_quit_reply(self, deadline: float) -> None:
         """The second half of :func:`quit_all`: wait for the reply to QUIT, then close."""
         try:
-            with self._guard("quitting"):
+            with self._channel.guard("quitting"):
                 self._channel.read_reply(deadline, "quitting", closing_ok=True)
         except SMTPError as exc:  # whatever the goodbye was (even malformed), we are done
             self._log.debug("ignoring %s while quitting %s", exc.code, self.options.host)

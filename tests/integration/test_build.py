@@ -30,6 +30,7 @@ def test_compiled_modules_name_the_extension_modules_all_or_none() -> None:
             "smtppool.channel",
             "smtppool.connection",
             "smtppool.message",
+            "smtppool.pipelining",
             "smtppool.protocol",
             "smtppool.replies",
             "smtppool.transaction",

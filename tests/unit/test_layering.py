@@ -60,6 +60,7 @@ LAYERS: list[set[str]] = [
     {"transport"},
     {"channel"},
     {"handshake", "login", "transaction"},
+    {"pipelining"},
     {"connection"},
     {"idle", "housekeeping"},
     {"connections"},

@@ -1,0 +1,104 @@
+"""Pipelining across transactions: a run of messages at one round trip each.
+
+On a PIPELINING server using DATA, each message's content and end of data go out in the
+same write as the next message's MAIL, RCPT and DATA (RFC 2920 lets the content
+transfer open a group), so a busy session costs one write and one round trip per
+message.  The next item is taken from the run's iterator only when its commands can
+leave; an item refused by a check that needs no reply (SMTPUTF8, SIZE) comes back at
+once, and the item announced behind a lost end of data comes back with a
+:class:`ConnectError` without ``delivery_unknown`` (its data never left), so it may be
+retried.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from typing import Generic, TypeVar
+
+from .channel import FATAL, Channel
+from .envelope import Envelope, SendResult
+from .errors import ConnectError, EnvelopeError, MessageError, SMTPError
+from .message import MessageSource
+from .transaction import Outgoing, Sender
+
+__all__ = ["Item", "PipelinedRun"]
+
+Item = TypeVar("Item", bound=Outgoing)
+
+
+class _Prepared(Generic[Item]):
+    """An item whose MAIL, RCPT and DATA are built (and maybe written)."""
+
+    __slots__ = ("commands", "envelope", "item", "source")
+
+    def __init__(self, item: Item, envelope: Envelope, source: MessageSource, commands: bytes):
+        self.item, self.envelope, self.source, self.commands = item, envelope, source, commands
+
+
+class PipelinedRun(Generic[Item]):
+    """Iterate to send ``items`` on a READY session; yields ``(item, outcome)`` in order."""
+
+    def __init__(self, channel: Channel, sender: Sender, items: Iterator[Item]) -> None:
+        self._channel = channel
+        self._sender = sender
+        self._items = items
+        self._refused: list[tuple[Item, SMTPError]] = []  # by checks that need no reply
+        self._following: list[_Prepared[Item]] = []  # announced behind the current one
+
+    def _prepare(self) -> _Prepared[Item] | None:
+        for item in self._items:
+            try:
+                return _Prepared(item, *self._sender.prepare_commands(item))
+            except (EnvelopeError, MessageError) as exc:
+                self._refused.append((item, exc))
+        return None
+
+    def _write_next(self) -> _Prepared[Item] | None:
+        """Start the next transaction on its own (nothing is under way)."""
+        with self._channel.guard("sending messages"):
+            self._channel.require_ready()
+            prepared = self._prepare()
+            if prepared is not None:
+                self._channel.write(prepared.commands)
+            return prepared
+
+    def _next_commands(self) -> bytes:
+        """The next transaction's commands, to ride with the current end of data."""
+        prepared = self._prepare()
+        if prepared is None:
+            return b""
+        self._following.append(prepared)
+        return prepared.commands
+
+    def __iter__(self) -> Iterator[tuple[Item, SendResult | SMTPError]]:
+        channel, following = self._channel, self._following
+        current = self._write_next()
+        while True:
+            yield from self._refused
+            self._refused.clear()
+            if current is None:
+                return
+            following.clear()
+            try:
+                result = self._sender.send_pipelined(
+                    current.envelope, current.source, self._next_commands
+                )
+            except SMTPError as exc:
+                if isinstance(exc, FATAL):
+                    channel.transport.close()
+                yield current.item, exc
+                if channel.transport.sock is None:
+                    yield from self._refused
+                    if following:  # its commands went out, its data never did
+                        lost = ConnectError("connection lost before this message was sent")
+                        yield following[0].item, lost
+                    return
+                # Refused at the end of data, the next one is under way; before its data,
+                # nothing is: the next one starts now.
+                current = following[0] if following else self._write_next()
+                continue
+            except BaseException:
+                channel.transport.close()
+                raise
+            yield current.item, result
+            current = following[0] if following else None
