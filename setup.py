@@ -19,6 +19,7 @@ from setuptools import setup
 #: The modules every message passes through, in the order of the layers (see README, Design).
 COMPILED = [
     "smtppool/replies.py",
+    "smtppool/states.py",
     "smtppool/protocol.py",
     "smtppool/message.py",
     "smtppool/transport.py",

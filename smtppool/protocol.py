@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import base64
 import binascii
-import enum
 import re
 from collections import deque
 from dataclasses import dataclass
@@ -21,6 +20,7 @@ from .envelope import DSN, check_address, xtext
 from .errors import ProtocolError
 from .message import DataEncoder
 from .replies import Extensions, Reply
+from .states import GROUP_ENDERS, TRANSITIONS, State
 
 __all__ = ["Extensions", "Reply", "SMTPProtocol", "State", "decode_challenge", "xtext"]
 
@@ -35,52 +35,9 @@ _CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f]|[^\S ]")
 #: Valid reply codes (2xx-5xx) by their three bytes: validation and int() in one lookup.
 _REPLY_CODES = {str(code).encode(): code for code in range(200, 600)}
 _SEPARATORS = (b" ", b"-", b"")
-
-
-class State(enum.Enum):
-    """Where the client stands in the SMTP dialogue."""
-
-    GREETING = "GREETING"  #: waiting for the server's greeting
-    HELLO = "HELLO"  #: EHLO/LHLO/HELO needed (new connection, or just after STARTTLS)
-    READY = "READY"  #: between transactions
-    AUTH = "AUTH"  #: inside an AUTH exchange
-    MAIL = "MAIL"  #: MAIL sent
-    RCPT = "RCPT"  #: at least one RCPT sent
-    DATA = "DATA"  #: DATA sent, waiting for 354
-    MESSAGE = "MESSAGE"  #: 354 received: content may be sent, then the end of data
-    BDAT = "BDAT"  #: BDAT chunks under way, LAST not yet sent
-    CLOSED = "CLOSED"  #: QUIT sent, 421 received, or the server closed the connection
-    FAILED = "FAILED"  #: a protocol error happened; the object refuses further use
-
-
-#: The states as module-level names: attribute access on an Enum class is a slow lookup
-#: in CPython 3.11 (about 55 ns), and the per-reply path tests the state several times.
-_GREETING, _HELLO, _READY, _AUTH = State.GREETING, State.HELLO, State.READY, State.AUTH
-_MAIL, _RCPT, _DATA, _MESSAGE = State.MAIL, State.RCPT, State.DATA, State.MESSAGE
-_BDAT, _CLOSED, _FAILED = State.BDAT, State.CLOSED, State.FAILED
-#: verb -> (states it may be issued in, state right after issuing it or None to keep).
-#: Tuples, not sets: membership by identity skips hashing the Enum in Python code.
-_TRANSITIONS: dict[str, tuple[tuple[State, ...], State | None]] = {
-    "EHLO": ((_HELLO, _READY), None),
-    "LHLO": ((_HELLO, _READY), None),
-    "HELO": ((_HELLO, _READY), None),
-    "STARTTLS": ((_READY,), None),
-    "AUTH": ((_READY,), _AUTH),
-    "MAIL": ((_READY,), _MAIL),
-    "RCPT": ((_MAIL, _RCPT), _RCPT),
-    "DATA": ((_RCPT,), _DATA),
-    "BDAT": ((_RCPT, _BDAT), _BDAT),
-    "RSET": ((_READY, _MAIL, _RCPT, _BDAT), _READY),
-    "NOOP": ((_HELLO, _READY, _MAIL, _RCPT), None),
-    "QUIT": (
-        (_GREETING, _HELLO, _READY, _AUTH, _MAIL, _RCPT, _BDAT),
-        _CLOSED,
-    ),
-}
-#: Commands after which nothing may be pipelined until their reply is in (RFC 2920 §3.1).
-_GROUP_ENDERS = frozenset(
-    {"<greeting>", "EHLO", "LHLO", "HELO", "STARTTLS", "AUTH", "QUIT", "NOOP", "DATA"}
-)
+#: Attribute access on an Enum class is a slow lookup in CPython (about 55 ns), and the
+#: per-reply path tests for this state.
+_FAILED = State.FAILED
 
 
 @dataclass(slots=True)
@@ -123,7 +80,7 @@ class SMTPProtocol:
         self.lmtp = lmtp
         self.max_line_length = max_line_length
         self.max_reply_lines = max_reply_lines
-        self.state = _GREETING
+        self.state = State.GREETING
         self.extensions = Extensions()
         self.authenticated = False
         self._buffer = bytearray()
@@ -157,7 +114,7 @@ class SMTPProtocol:
             self._fail("data received after end of stream")
         if not data:
             self._eof = True
-            self.state = _CLOSED
+            self._advance("<closed>")
             return
         self._buffer += data
 
@@ -195,65 +152,61 @@ class SMTPProtocol:
     def _on_reply(self, code: int, lines: tuple[str, ...]) -> Reply:
         if not self._pending:
             if code == 421:  # RFC 5321 §3.8: the server may close the session at any time
-                self.state = _CLOSED
+                self._advance("<closed>")
                 return Reply(code, lines, None)
             self._fail(f"unexpected reply {code} {' '.join(lines)[:80]!r} with no command pending")
         pending = self._pending.popleft()
         reply = Reply(code, lines, pending.command)
-        if pending.final and self.lmtp and pending.txn is not None:
-            txn = pending.txn
-            if txn.final_left is None:
-                txn.final_left = max(txn.accepted, 1)
-            txn.final_left -= 1
-            if txn.final_left > 0:
-                self._pending.appendleft(pending)
+        txn = pending.txn
+        if txn is not None:
+            if pending.verb == "RCPT" and 200 <= code < 300:
+                txn.accepted += 1
+            elif pending.final and self.lmtp:  # one reply per accepted recipient
+                if txn.final_left is None:
+                    txn.final_left = max(txn.accepted, 1)
+                txn.final_left -= 1
+                if txn.final_left > 0:
+                    self._pending.appendleft(pending)
         if code == 421:
-            self.state = _CLOSED
-        elif self.state is not _CLOSED and self.state is not _FAILED:
-            advance = _ADVANCE.get(pending.verb)
-            if advance is not None:
-                advance(self, pending, reply)
+            self._advance("<closed>")
+        else:
+            self._advance(pending.verb, reply)
         return reply
 
-    # What each reply means for the session's state, by the verb it answers.
+    def _advance(self, verb: str, reply: Reply | None = None) -> None:
+        """Apply the first transition in ``TRANSITIONS`` that the event matches: ``verb``
+        sent (``reply`` None; :meth:`_allowed` has refused it in a state not listed), or
+        ``reply`` answering it.  No match, no change."""
+        state = self.state
+        for step in TRANSITIONS.get(verb, ()):
+            test = step.reply
+            if state not in step.when:
+                continue
+            if reply is None:
+                if test is not None:
+                    continue
+            elif test is None or not test(reply.code):
+                continue
+            elif step.effect:
+                self._apply(step.effect, reply)
+            if step.then is not None:
+                self.state = step.then
+            return
 
-    def _after_greeting(self, pending: _Pending, reply: Reply) -> None:
-        if reply.is_positive:
-            self.state = _HELLO
-
-    def _after_hello(self, pending: _Pending, reply: Reply) -> None:
-        if reply.is_positive:
-            ehlo = pending.verb != "HELO"
-            self.extensions = Extensions.parse(reply.lines[1:]) if ehlo else Extensions()
-            self.state = _READY
-
-    def _after_starttls(self, pending: _Pending, reply: Reply) -> None:
-        if reply.code == 220:
+    def _apply(self, effect: str, reply: Reply) -> None:
+        """What a reply means besides the change of state."""
+        if effect == "extensions":
+            self.extensions = Extensions.parse(reply.lines[1:])
+        elif effect == "no extensions":
+            self.extensions = Extensions()
+        elif effect == "tls":
             if self._buffer:
                 self._fail("server sent data after its STARTTLS reply (response injection)")
             self.extensions = Extensions()
-            self.state = _HELLO
-
-    def _after_auth(self, pending: _Pending, reply: Reply) -> None:
-        if reply.code != 334:
+        elif effect == "login":
             self.authenticated = reply.code == 235
-            self.state = _READY
-
-    def _after_mail(self, pending: _Pending, reply: Reply) -> None:
-        if not reply.is_positive and self.state in (_MAIL, _RCPT):
-            self.state = _READY
-
-    def _after_rcpt(self, pending: _Pending, reply: Reply) -> None:
-        if reply.is_positive and pending.txn is not None:
-            pending.txn.accepted += 1
-
-    def _after_data(self, pending: _Pending, reply: Reply) -> None:
-        if self.state is _DATA:
-            if reply.code == 354:
-                self._encoder = DataEncoder(dot_stuff=True)
-                self.state = _MESSAGE
-            else:
-                self.state = _READY
+        elif effect == "message":
+            self._encoder = DataEncoder(dot_stuff=True)
 
     # -- sending -----------------------------------------------------------------------
 
@@ -262,6 +215,7 @@ class SMTPProtocol:
             raise ProtocolError("the SMTP session failed earlier and cannot be used")
 
     def _fail(self, message: str) -> NoReturn:
+        """The peer broke the protocol: the object refuses further use."""
         self.state = _FAILED
         raise ProtocolError(message)
 
@@ -277,9 +231,7 @@ class SMTPProtocol:
         """Check state, pipelining and injection rules, record the expectation, encode."""
         if self.state is _FAILED:
             self._check_usable()
-        allowed, after = _TRANSITIONS[verb]
-        if self.state not in allowed:
-            raise ValueError(f"cannot send {verb} in state {self.state.name}")
+        self._allowed(verb)
         if not line.isprintable() and _CONTROL.search(line):  # isprintable: the cheap test
             raise ValueError(f"control character in {verb} command {line[:80]!r}")
         if not self._pending and self._buffer and not self._buffer.startswith(b"421"):
@@ -292,19 +244,22 @@ class SMTPProtocol:
                     f"cannot send {verb} before the reply to {last.command!r}: "
                     "the server does not offer PIPELINING"
                 )
-            if last.verb in _GROUP_ENDERS:
+            if last.verb in GROUP_ENDERS:
                 raise ValueError(f"{verb} cannot be pipelined after {last.verb} (RFC 2920)")
         try:
             encoded = line.encode("utf-8" if self._utf8 else "ascii") + b"\r\n"
         except UnicodeEncodeError:
             raise ValueError(f"non-ASCII {verb} argument needs SMTPUTF8: {line!r}") from None
-        final = verb == "BDAT" and line.endswith(" LAST")
-        self._pending.append(_Pending(verb, redacted or line, txn, final))
-        if after is not None:
-            self.state = after
-        if final:
-            self.state = _READY
+        final = verb == "BDAT LAST"
+        self._pending.append(_Pending("BDAT" if final else verb, redacted or line, txn, final))
+        self._advance(verb)
         return encoded + payload
+
+    def _allowed(self, verb: str) -> None:
+        """Raise ValueError unless ``verb`` may be sent in the current state."""
+        for step in TRANSITIONS[verb]:
+            if step.reply is None and self.state not in step.when:
+                raise ValueError(f"cannot send {verb} in state {self.state.name}")
 
     def _hello_name(self, name: str) -> str:
         if not name or _CONTROL.search(name) or " " in name:
@@ -335,9 +290,10 @@ class SMTPProtocol:
 
     def auth_continue(self, response: bytes) -> bytes:
         """Answer a 334 challenge; the line is logged and reported only as ``****``."""
-        if self.state != _AUTH or self._pending:
-            raise ValueError("auth_continue() is only valid right after a 334 reply")
         self._check_usable()
+        if self._pending:
+            raise ValueError("auth_continue() is only valid right after a 334 reply")
+        self._allowed("<auth response>")
         self._pending.append(_Pending("AUTH", "****"))
         return base64.b64encode(response) + b"\r\n"
 
@@ -386,34 +342,35 @@ class SMTPProtocol:
     def data(self) -> bytes:
         return self._issue("DATA", "DATA")
 
-    def _content_encoder(self, what: str) -> DataEncoder:
-        if self.state is not _MESSAGE or self._encoder is None:
-            raise ValueError(f"{what} can only follow a 354 reply, not {self.state.name}")
+    def _content_encoder(self, verb: str) -> DataEncoder:
+        self._allowed(verb)  # after a 354 reply
+        assert self._encoder is not None  # set with the 354
         return self._encoder
 
     def send_data(self, chunk: bytes) -> bytes:
         """Encode a piece of message content (after 354): CRLF line ends, dots stuffed."""
-        return self._content_encoder("message content").feed(chunk)
+        return self._content_encoder("<content>").feed(chunk)
 
     def end_data(self) -> bytes:
         """Finish the content with the terminator the last byte calls for."""
-        data = self._content_encoder("the end of data").finish()
+        data = self._content_encoder(".").finish()
         self._pending.append(_Pending(".", "<end of data>", self._txn, final=True))
         self._encoder = None
-        self.state = _READY
+        self._advance(".")
         return data
 
     def bdat(self, chunk: bytes, *, last: bool = False) -> bytes:
         """``BDAT n [LAST]`` followed by the chunk, CRLF-normalised (CHUNKING, RFC 3030)."""
         if "CHUNKING" not in self.extensions.keywords:
             raise ValueError("BDAT needs the CHUNKING extension")
-        if self.state == _RCPT:
+        verb = "BDAT LAST" if last else "BDAT"
+        self._allowed(verb)
+        if self.state is State.RCPT:  # the first chunk
             self._encoder = DataEncoder(dot_stuff=False)
-        if self._encoder is None or self.state not in (_RCPT, _BDAT):
-            raise ValueError(f"cannot send BDAT in state {self.state.name}")
+        assert self._encoder is not None  # set with the first chunk
         payload = self._encoder.feed(chunk) + (self._encoder.finish() if last else b"")
         line = f"BDAT {len(payload)}" + (" LAST" if last else "")
-        data = self._issue("BDAT", line, txn=self._txn, payload=payload)
+        data = self._issue(verb, line, txn=self._txn, payload=payload)
         if last:
             self._encoder = None
         return data
@@ -427,16 +384,3 @@ class SMTPProtocol:
 
     def quit(self) -> bytes:
         return self._issue("QUIT", "QUIT")
-
-
-_ADVANCE = {
-    "<greeting>": SMTPProtocol._after_greeting,
-    "EHLO": SMTPProtocol._after_hello,
-    "LHLO": SMTPProtocol._after_hello,
-    "HELO": SMTPProtocol._after_hello,
-    "STARTTLS": SMTPProtocol._after_starttls,
-    "AUTH": SMTPProtocol._after_auth,
-    "MAIL": SMTPProtocol._after_mail,
-    "RCPT": SMTPProtocol._after_rcpt,
-    "DATA": SMTPProtocol._after_data,
-}
