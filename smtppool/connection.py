@@ -205,10 +205,11 @@ class SMTPConnection:
             that happened after the end of the data and before the reply.
         """
         env = Envelope.coerce(envelope)
-        source = self._sender.prepare(message, env)
         with self._channel.guard("sending a message"):
             self._channel.require_ready()
-            result = self._sender.send(env, source)
+        out = self._sender.prepare(message, env)  # the caller's file errors stay its own
+        with self._channel.guard("sending a message"):
+            result = self._sender.send(out)
         self.messages_sent += 1
         self._log.debug(
             "sent message from <%s> to %d of %d recipient(s): %s",

@@ -26,6 +26,7 @@ __all__ = [
     "Envelope",
     "SendResult",
     "ascii_address",
+    "Address",
     "check_address",
     "envelope_from_message",
     "pair_with_envelope",
@@ -50,8 +51,16 @@ ENVID_MAX = 100
 ORCPT_MAX = 500
 
 
-def check_address(address: object, what: str = "address") -> str:
-    """Return ``address`` if it can go between ``<`` and ``>`` in a command, else raise.
+class Address(str):
+    """An address :func:`check_address` accepted: it carries the check with it, so the
+    envelope decides once and the protocol's commands take it as it is."""
+
+    __slots__ = ()
+
+
+def check_address(address: object, what: str = "address") -> Address:
+    """Return ``address`` as an :class:`Address` if it can go between ``<`` and ``>`` in
+    a command, else raise; an :class:`Address` is returned as it is (checked already).
 
     A space is allowed only inside a quoted local part (``"john smith"@example.com``),
     so an address can never add a parameter to the command it is in.
@@ -60,13 +69,15 @@ def check_address(address: object, what: str = "address") -> str:
     :raises ValueError: contains CR, LF, NUL, another control character, ``<``, ``>``,
         or a space outside a quoted local part.
     """
+    if type(address) is Address:
+        return address
     text = _check_characters(address, what)
     if " " in text and not _QUOTED_LOCAL_PART.fullmatch(text):
         raise ValueError(
             f"{what} {text!r} contains a space outside a quoted local part "
             '(RFC 5321: write "john smith"@example.com)'
         )
-    return text
+    return Address(text)
 
 
 def _check_characters(address: object, what: str) -> str:
@@ -176,7 +187,7 @@ class DSN:
         object.__setattr__(self, "encoded_orcpt", orcpt)
 
 
-def _recipients(value: object) -> tuple[str, ...]:
+def _recipients(value: object) -> tuple[Address, ...]:
     if isinstance(value, str):
         items: Iterable[object] = [value]
     elif isinstance(value, Iterable):
@@ -213,13 +224,15 @@ class Envelope:
     ascii_rcpt_to: tuple[str, ...] = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
-        check_address(self.mail_from, "sender")
+        mail_from = check_address(self.mail_from, "sender")
         recipients = _recipients(self.rcpt_to)
         if not recipients:
             raise ValueError("an envelope needs at least one recipient")
+        object.__setattr__(self, "mail_from", mail_from)
         object.__setattr__(self, "rcpt_to", recipients)
-        given = [self.mail_from, *recipients]
-        ascii_forms = [ascii_address(a) or a for a in given]
+        given = [mail_from, *recipients]
+        # A checked address with its domain in A-labels is still a valid address.
+        ascii_forms = [Address(ascii_address(a) or a) if not a.isascii() else a for a in given]
         object.__setattr__(self, "is_international", not all(a.isascii() for a in given))
         object.__setattr__(self, "needs_smtputf8", not all(a.isascii() for a in ascii_forms))
         object.__setattr__(self, "ascii_mail_from", ascii_forms[0])

@@ -10,18 +10,17 @@ sockets.
 
 from __future__ import annotations
 
-import functools
 import threading
 from collections import deque
 from collections.abc import Iterable, Iterator
 from concurrent.futures import InvalidStateError
 from dataclasses import dataclass, field
 from email.message import Message
-from typing import BinaryIO, Protocol, cast
+from typing import Any, BinaryIO, Protocol, cast
 
 from .envelope import Envelope, SendResult
 from .errors import SMTPError
-from .message import CHUNK_BYTES, MessageInput
+from .message import MessageInput
 from .pushback import RetryBudget
 
 __all__ = [
@@ -65,6 +64,10 @@ class Payload:
         )
 
     def attempt(self) -> MessageInput:
+        """The message for one more attempt: a seekable file rewound, another file or
+        iterable watched so that its first read marks the payload consumed (the reading
+        and chunking itself is :func:`~smtppool.message.prepare_message`'s, as for
+        any message)."""
         message = self.message
         if isinstance(message, _BYTES_LIKE):
             return message
@@ -72,14 +75,28 @@ class Payload:
             cast(BinaryIO, message).seek(self.rewind_to)
             return message
         if hasattr(message, "read"):
-            read = functools.partial(cast(BinaryIO, message).read, CHUNK_BYTES)
-            return self._tracked(iter(read, b""))
+            return cast(BinaryIO, _WatchedFile(cast(BinaryIO, message), self))
         return self._tracked(message)
 
     def _tracked(self, chunks: Iterable[bytes]) -> Iterator[bytes]:
         for chunk in chunks:
             self.started = True
             yield chunk
+
+
+class _WatchedFile:
+    """A file that cannot be rewound, read through: its first read consumes the payload."""
+
+    def __init__(self, file: BinaryIO, payload: Payload) -> None:
+        self._file = file
+        self._payload = payload
+
+    def read(self, size: int = -1) -> bytes:
+        self._payload.started = True
+        return self._file.read(size)
+
+    def __getattr__(self, name: str) -> Any:  # tell, seekable, fileno, mode...
+        return getattr(self._file, name)
 
 
 class Settleable(Protocol):

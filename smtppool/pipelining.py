@@ -16,10 +16,9 @@ from collections.abc import Iterator
 from typing import Generic, TypeVar
 
 from .channel import FATAL, Channel
-from .envelope import Envelope, SendResult
+from .envelope import SendResult
 from .errors import ConnectError, EnvelopeError, MessageError, SMTPError
-from .message import MessageSource
-from .transaction import Outgoing, Sender
+from .transaction import Outbound, Outgoing, Sender
 
 __all__ = ["Item", "PipelinedRun"]
 
@@ -29,10 +28,10 @@ Item = TypeVar("Item", bound=Outgoing)
 class _Prepared(Generic[Item]):
     """An item whose MAIL, RCPT and DATA are built (and maybe written)."""
 
-    __slots__ = ("commands", "envelope", "item", "source")
+    __slots__ = ("commands", "item", "out")
 
-    def __init__(self, item: Item, envelope: Envelope, source: MessageSource, commands: bytes):
-        self.item, self.envelope, self.source, self.commands = item, envelope, source, commands
+    def __init__(self, item: Item, out: Outbound, commands: bytes):
+        self.item, self.out, self.commands = item, out, commands
 
 
 class PipelinedRun(Generic[Item]):
@@ -80,9 +79,7 @@ class PipelinedRun(Generic[Item]):
                 return
             following.clear()
             try:
-                result = self._sender.send_pipelined(
-                    current.envelope, current.source, self._next_commands
-                )
+                result = self._sender.send_pipelined(current.out, self._next_commands)
             except SMTPError as exc:
                 if isinstance(exc, FATAL):
                     channel.transport.close()

@@ -26,7 +26,7 @@ from .errors import (
 from .message import MessageInput, MessageSource, prepare_message
 from .protocol import Extensions, Reply, SMTPProtocol
 
-__all__ = ["BDAT_WINDOW", "EnvelopeVerdict", "Outgoing", "Sender", "judge_envelope"]
+__all__ = ["BDAT_WINDOW", "EnvelopeVerdict", "Outbound", "Outgoing", "Sender", "judge_envelope"]
 
 #: Most BDAT chunks sent ahead of their replies under PIPELINING (64 KiB each from files
 #: and bytes, so about half a megabyte in flight).
@@ -49,6 +49,19 @@ class Outgoing(Protocol):
     def envelope(self) -> Envelope | Mapping[str, Any]: ...
 
     def content(self) -> MessageInput: ...
+
+
+@dataclass(frozen=True, slots=True)
+class Outbound:
+    """One message as this session sends it, decided once by :meth:`Sender.prepare`:
+    its envelope, its content, and whether it goes with SMTPUTF8, with the addresses
+    as they go on the wire (as written, or with A-label domains)."""
+
+    envelope: Envelope
+    source: MessageSource
+    smtputf8: bool
+    mail_from: str
+    rcpt_to: tuple[str, ...]
 
 
 @dataclass(slots=True)
@@ -129,56 +142,55 @@ class Sender:
     def extensions(self) -> Extensions:
         return self._channel.protocol.extensions
 
-    def prepare(self, message: MessageInput, env: Envelope) -> MessageSource:
-        utf8 = self._in_utf8(env)
-        return prepare_message(
-            message,
-            international=utf8,
-            ascii_domains=env.is_international and not utf8,
-            add_missing_headers=self.options.add_missing_headers,
-        )
-
-    def _in_utf8(self, env: Envelope) -> bool:
-        """Whether ``env`` goes with SMTPUTF8 (addresses and headers as written): when an
-        address is not ASCII and the server offers it; otherwise in ASCII."""
-        return env.is_international and "SMTPUTF8" in self.extensions
-
-    def _recipients(self, env: Envelope) -> tuple[str, ...]:
-        return tuple(env.rcpt_to) if self._in_utf8(env) else env.ascii_rcpt_to
-
-    def _mail_command(self, env: Envelope, source: MessageSource) -> bytes:
-        """MAIL FROM with its parameters, after the checks that need no round trip.
+    def prepare(self, message: MessageInput, env: Envelope) -> Outbound:
+        """Decide how ``env`` goes on this session, once: with SMTPUTF8 (addresses and
+        headers as written) when an address is not ASCII and the server offers it, else
+        in ASCII; then describe the message's content for that.
 
         :raises EnvelopeError: an address needs SMTPUTF8, which the server lacks.
-        :raises MessageError: the message is larger than the server's SIZE.
         """
-        ext = self.extensions
-        smtputf8 = self._in_utf8(env)
-        if env.needs_smtputf8 and not smtputf8:
+        utf8 = env.is_international and "SMTPUTF8" in self.extensions
+        if env.needs_smtputf8 and not utf8:
             needy = [a for a in (env.mail_from, *env.rcpt_to) if ascii_address(a) is None]
             raise EnvelopeError(
                 f"{', '.join(f'<{a}>' for a in needy)}: not ASCII (a local part, or a domain "
                 "IDNA cannot encode unchanged), and the server does not offer SMTPUTF8"
             )
+        source = prepare_message(
+            message,
+            international=utf8,
+            ascii_domains=env.is_international and not utf8,
+            add_missing_headers=self.options.add_missing_headers,
+        )
+        if utf8:
+            return Outbound(env, source, True, env.mail_from, tuple(env.rcpt_to))
+        return Outbound(env, source, False, env.ascii_mail_from, env.ascii_rcpt_to)
+
+    def _mail_command(self, out: Outbound) -> bytes:
+        """MAIL FROM with its parameters, after the SIZE check, which needs no round trip.
+
+        :raises MessageError: the message is larger than the server's SIZE.
+        """
+        env, source, limit = out.envelope, out.source, self.extensions.size
         size = env.size if env.size is not None else source.size
-        if size is not None and ext.size is not None and size > ext.size:
-            raise MessageError(f"message is {size} bytes; the server accepts at most {ext.size}")
+        if size is not None and limit is not None and size > limit:
+            raise MessageError(f"message is {size} bytes; the server accepts at most {limit}")
         return self._protocol.mail(
-            env.mail_from if smtputf8 else env.ascii_mail_from,
+            out.mail_from,
             size=size,
-            smtputf8=smtputf8,
+            smtputf8=out.smtputf8,
             dsn=env.dsn,
             eight_bit=env.use_8bit_mime or source.eight_bit,
         )
 
-    def send(self, env: Envelope, source: MessageSource) -> SendResult:
+    def send(self, out: Outbound) -> SendResult:
         """One message on a READY session: the way the server's extensions allow."""
-        ext, p = self.extensions, self._protocol
+        ext, p, env, source = self.extensions, self._protocol, out.envelope, out.source
         pipelining, chunking = "PIPELINING" in ext, "CHUNKING" in ext
-        mail = self._mail_command(env, source)
+        mail = self._mail_command(out)
         n = len(env.rcpt_to)
         if pipelining:
-            batch = [mail, *(p.rcpt(r, dsn=env.dsn) for r in self._recipients(env))]
+            batch = [mail, *(p.rcpt(r, dsn=env.dsn) for r in out.rcpt_to)]
             if chunking:  # MAIL, RCPT and the whole message: one round trip
                 return self._send_in_one_flight(env, batch, source.chunks)
             batch.append(p.data())
@@ -187,7 +199,7 @@ class Sender:
         else:
             replies = [self._command(mail)]
             if replies[0].is_positive:
-                replies += [self._command(p.rcpt(r, dsn=env.dsn)) for r in self._recipients(env)]
+                replies += [self._command(p.rcpt(r, dsn=env.dsn)) for r in out.rcpt_to]
         mail_reply, rcpt_replies = replies[0], replies[1 : n + 1]
         data_reply = replies[n + 1] if len(replies) > n + 1 else None
         verdict = judge_envelope(env, mail_reply, rcpt_replies)
@@ -326,22 +338,20 @@ class Sender:
             _lost_after_end_of_data(exc)
             raise
 
-    def prepare_commands(self, item: Outgoing) -> tuple[Envelope, MessageSource, bytes]:
-        """The envelope, content source and MAIL/RCPT/DATA bytes for the next message."""
-        env = Envelope.coerce(item.envelope)
-        source = self.prepare(item.content(), env)
-        p, dsn = self._protocol, env.dsn
-        commands = [self._mail_command(env, source)]
-        for recipient in self._recipients(env):
+    def prepare_commands(self, item: Outgoing) -> tuple[Outbound, bytes]:
+        """The next message of a run, and its MAIL/RCPT/DATA bytes."""
+        out = self.prepare(item.content(), Envelope.coerce(item.envelope))
+        p, dsn = self._protocol, out.envelope.dsn
+        commands = [self._mail_command(out)]
+        for recipient in out.rcpt_to:
             commands.append(p.rcpt(recipient, dsn=dsn))
         commands.append(p.data())
-        return env, source, b"".join(commands)
+        return out, b"".join(commands)
 
-    def send_pipelined(
-        self, env: Envelope, source: MessageSource, next_commands: Callable[[], bytes]
-    ) -> SendResult:
+    def send_pipelined(self, out: Outbound, next_commands: Callable[[], bytes]) -> SendResult:
         """One message whose MAIL, RCPT and DATA are already written; the next message's
         (from ``next_commands()``) leave in the same write as this one's end of data."""
+        env = out.envelope
         n = len(env.rcpt_to)
         read = self._read_reply
         replies = [read(), read()]  # MAIL, first RCPT
@@ -353,5 +363,5 @@ class Sender:
             failure = MessageError.from_reply(data_reply, "DATA refused")
         if failure is not None:
             self._abandon(failure, data_reply)
-        finals = self._send_data(source, len(verdict.accepted), next_commands)
+        finals = self._send_data(out.source, len(verdict.accepted), next_commands)
         return verdict.result(env, finals, lmtp=self.options.lmtp)

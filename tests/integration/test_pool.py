@@ -273,6 +273,39 @@ def test_generator_consumed_by_a_failed_attempt_is_not_replayed(
     assert not info.value.delivery_unknown and pool.stats()["retried"] == 0
 
 
+def pipe_with(data: bytes) -> tuple[int, threading.Thread]:
+    """The read end of a pipe (a file that cannot be rewound) a thread fills with data."""
+    read_end, write_end = os.pipe()
+
+    def fill() -> None:
+        with os.fdopen(write_end, "wb") as w:
+            w.write(data)
+
+    writer = threading.Thread(target=fill, daemon=True)
+    writer.start()
+    return read_end, writer
+
+
+def test_a_pipe_is_read_by_the_one_file_reader(
+    smtpd: SinkFactory, make_pool: Callable[..., SMTPPool]
+) -> None:
+    """A file that cannot be rewound is read and chunked where every file is (it was
+    chunked by the pool first, then taken for an iterable of chunks): it arrives whole,
+    and one opened in text mode gets the files' error, not the iterables'."""
+    sink = smtpd()
+    pool = make_pool(sink, max_connections=1)
+    body = RAW + b"line\r\n" * 50_000  # several chunks
+    read_end, writer = pipe_with(body)
+    with os.fdopen(read_end, "rb") as pipe:
+        pool.send(pipe, Envelope("a@x.org", "b@x.org"))
+    writer.join(5)
+    assert sink.messages[-1].data == body
+    read_end, writer = pipe_with(RAW)
+    with os.fdopen(read_end, "r") as text, pytest.raises(TypeError, match="binary mode"):
+        pool.send(text, Envelope("a@x.org", "b@x.org"))
+    writer.join(5)
+
+
 def test_bytes_are_replayed_after_a_drop_mid_data(
     scripted: Callable[..., ScriptedServer], make_pool: Callable[..., SMTPPool]
 ) -> None:

@@ -97,3 +97,40 @@ def test_dsn_validation() -> None:
         DSN(ret="ALL")
     with pytest.raises(ValueError):
         DSN(envid="x\r\ny")
+
+
+def test_each_address_is_checked_once_on_its_way_to_the_wire(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The envelope checks its addresses; the protocol's commands take them as they are
+    (an Address carries the check), and check any other string themselves."""
+    from smtppool import envelope as envelope_module
+    from smtppool.envelope import Address
+    from smtppool.protocol import SMTPProtocol
+
+    checked: list[object] = []
+    check = envelope_module._check_characters
+
+    def counted(address: object, what: str) -> str:
+        checked.append(address)
+        return check(address, what)
+
+    monkeypatch.setattr(envelope_module, "_check_characters", counted)
+    env = Envelope("a@x.org", ["b@x.org", "c@bücher.example"])
+    assert checked == ["a@x.org", "b@x.org", "c@bücher.example"]
+    assert all(type(a) is Address for a in (env.mail_from, *env.rcpt_to, *env.ascii_rcpt_to))
+    assert env.ascii_rcpt_to[1] == "c@xn--bcher-kva.example"
+    p = SMTPProtocol()
+    p.receive_data(b"220 hi\r\n")
+    p.next_reply()
+    p.ehlo("client.example")
+    p.receive_data(b"250-mx\r\n250 PIPELINING\r\n")
+    p.next_reply()
+    p.mail(env.mail_from)
+    for recipient in env.ascii_rcpt_to:
+        p.rcpt(recipient)
+    assert len(checked) == 3  # nothing checked twice
+    p.rcpt("d@x.org")  # a plain string is checked by the command itself
+    assert checked[-1] == "d@x.org"
+    with pytest.raises(ValueError):
+        p.rcpt("e@x.org> NOTIFY=NEVER")
