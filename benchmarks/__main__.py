@@ -8,6 +8,10 @@ with min-max and smtppool's ratio to each peer measured in the same run.
 
 The full mode also measures delivery under pushback (``benchmarks/pushback.py``).
 
+smtppool's clients import the installed smtppool: in a virtualenv holding the compiled
+wheel, "smtppool pool" is the compiled code and "pure Python" a copy of the source, both
+in the same run.
+
 Peers: smtplib (1 connection, and N threads each with its own), aiosmtplib (N
 connections), Nodemailer's pool (installed with npm into a cache folder when missing)
 and Postfix's smtp-source (C).  Needs the Debian package ``postfix`` for smtp-sink and
@@ -233,9 +237,19 @@ def _run_client(kind: str, port: int, count: int, conns: int) -> dict[str, float
         text=True,
         timeout=600,
         env=env,
-        cwd=HERE.parent,
+        cwd=client_dir(),
     ).stdout
     return dict(json.loads(out.strip().splitlines()[-1]))
+
+
+@functools.cache
+def client_dir() -> str:
+    """Where clients run: a folder holding only a link to this package, so that
+    ``import smtppool`` finds the installed smtppool (a compiled wheel, or the editable
+    source), not the checkout beside ``benchmarks``."""
+    folder = tempfile.mkdtemp(prefix="smtppool-bench-")
+    (Path(folder) / "benchmarks").symlink_to(HERE, target_is_directory=True)
+    return folder
 
 
 @functools.cache
@@ -446,12 +460,14 @@ def batch_curve(rounds: int = 3) -> list[dict[str, Any]]:
 
 
 def machine() -> dict[str, Any]:
-    import smtppool
-
+    probe = "import json, smtppool; print(json.dumps(smtppool.compiled_modules()))"
+    compiled = subprocess.run(
+        [sys.executable, "-c", probe], cwd=client_dir(), capture_output=True, text=True
+    ).stdout
     return {
         "cpus": os.cpu_count(),
         "python": sys.version.split()[0],
-        "compiled": smtppool.compiled_modules(),
+        "compiled": json.loads(compiled),  # what the clients import
         "platform": sys.platform,
         "pinned": bool(shutil.which("taskset")),
     }
