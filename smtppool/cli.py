@@ -15,22 +15,20 @@ import importlib.metadata
 import json
 import mailbox
 import os
-import re
 import ssl
 import sys
 import threading
 import time
-import unicodedata
 import urllib.parse
 from collections.abc import Callable, Iterator, Sequence
-from contextlib import contextmanager
 from email.message import EmailMessage
 from pathlib import Path
-from typing import Any, TextIO
+from typing import Any
 
 from .batch import BatchReport, Outcome, content_digest, iter_items, run_batch
 from .config import Options
 from .connection import SMTPConnection
+from .console import echo, print_summary, printable, progress
 from .envelope import Envelope
 from .errors import SMTPError
 from .pool import SMTPPool
@@ -38,140 +36,13 @@ from .pool import SMTPPool
 __all__ = ["main", "printable"]
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_INTERRUPTED = 0, 1, 2, 130
+
+
 #: Numbers in an error message (ports, waits), ignored when failures are grouped; the
 #: server's reply code and enhanced status are not.
-_NUMBER = re.compile(r"\d+(?:\.\d+)?")
-#: Distinct failures the summary shows before pointing at the report.
-SUMMARY_KINDS = 5
-#: Message ids shown for each kind of failure.
-SUMMARY_IDS = 3
-
-
 class UsageError(ValueError):
     """The command cannot run as given (no server, a bad option, a missing path):
     exit status 2, as for argparse's own usage errors."""
-
-
-# -- output ------------------------------------------------------------------------------
-
-
-def printable(text: str) -> str:
-    """``text`` with everything a terminal would act on rather than show escaped
-    (``\\x1b``, ``\\u202e``): C0 and C1 controls but tab and line feed, format characters
-    (bidirectional overrides and marks) and line and paragraph separators.  What a server
-    or a message says is shown, never obeyed.  CRLF line ends become LF."""
-    return "".join(
-        ascii(c)[1:-1] if c not in "\t\n" and unicodedata.category(c) in _UNSAFE else c
-        for c in text.replace("\r\n", "\n")
-    )
-
-
-#: Unicode categories printable() escapes: controls, format, line and paragraph separators.
-_UNSAFE = frozenset({"Cc", "Cf", "Zl", "Zp"})
-
-
-def _print(text: str, *, file: TextIO | None = None, flush: bool = False) -> None:
-    """print() for everything the command line shows: server replies, message fields
-    and file names included."""
-    print(printable(text), file=file or sys.stdout, flush=flush)
-
-
-@contextmanager
-def _progress(total: int, label: str) -> Iterator[Callable[[], None]]:
-    """Yield a callable that advances a progress bar (rate and ETA) by one message."""
-    if not sys.stderr.isatty():
-        yield lambda: None
-        return
-    try:
-        from rich.progress import (
-            BarColumn,
-            MofNCompleteColumn,
-            Progress,
-            TextColumn,
-            TimeRemainingColumn,
-        )
-    except ImportError:
-        yield from _plain_progress(total, label)
-        return
-    columns = (
-        TextColumn("{task.description}"),
-        BarColumn(),
-        MofNCompleteColumn(),
-        TimeRemainingColumn(),
-    )
-    start = time.monotonic()
-    with Progress(*columns) as progress:
-        task = progress.add_task(label, total=total)
-
-        def advance() -> None:
-            done = progress.tasks[0].completed + 1
-            rate = done / max(time.monotonic() - start, 1e-9)
-            progress.update(task, advance=1, description=f"{label} {rate:.0f} msg/s")
-
-        yield advance
-
-
-def _plain_progress(total: int, label: str) -> Iterator[Callable[[], None]]:
-    start, done = time.monotonic(), 0
-
-    def draw() -> None:
-        elapsed = max(time.monotonic() - start, 1e-9)
-        rate = done / elapsed
-        eta = (total - done) / rate if rate else 0
-        width = 30
-        bar = "#" * (width * done // max(total, 1))
-        print(
-            f"\r{label} [{bar:<{width}}] {done}/{total} {rate:.0f} msg/s ETA {eta:.0f} s",
-            end="\n" if done == total else "",
-            file=sys.stderr,
-            flush=True,
-        )
-
-    def advance() -> None:
-        nonlocal done
-        done += 1
-        if done % 20 == 0 or done == total:
-            draw()
-
-    yield advance
-    if done != total:  # stopped short: the bar ends where the batch did, on its own line
-        draw()
-        print(file=sys.stderr)
-
-
-def _print_summary(report: BatchReport, stats: dict[str, int] | None) -> None:
-    """The counts, and each message that was not sent; ``stats`` of a local pool."""
-    rate = report.count("sent") / report.elapsed if report.elapsed > 0 else 0.0
-    rows: list[tuple[str, object]] = [
-        ("sent", report.count("sent")),
-        ("failed", report.count("failed")),
-        ("not sent", report.count("not sent")),
-        ("unknown", report.count("unknown")),
-        ("elapsed", f"{report.elapsed:.2f} s"),
-        ("rate", f"{rate:.0f} msg/s"),
-    ]
-    if stats is not None:
-        rows += [("connections", stats["connections_opened"]), ("retried", stats["retried"])]
-    for name, value in rows:
-        _print(f"{name:<12}{value:>12}")
-    # Failures alike but for their numbers (ports, waits) are one kind, in order of first.
-    groups: dict[tuple[str, str, str], tuple[str, list[str]]] = {}
-    for outcome in report.outcomes:
-        if outcome.status != "sent":
-            error = outcome.error or {}
-            response = error.get("response") or ""
-            reason = f"{error.get('code')}: {error.get('message')}" + (
-                f" ({response})" if response else ""
-            )
-            reply = response.split(" ")[:2]  # "550 5.1.1": kept apart
-            kind = (outcome.status, " ".join(reply), _NUMBER.sub("#", reason))
-            groups.setdefault(kind, (reason, []))[1].append(outcome.id)
-    for (status, _, _), (reason, ids) in list(groups.items())[:SUMMARY_KINDS]:
-        shown = ", ".join(ids[:SUMMARY_IDS]) + (f" and {len(ids) - SUMMARY_IDS} more"
-                                                 if len(ids) > SUMMARY_IDS else "")  # fmt: skip
-        _print(f"{status} x{len(ids)}: {reason}\n    {shown}", file=sys.stderr)
-    if len(groups) > SUMMARY_KINDS:
-        _print(f"... and {len(groups) - SUMMARY_KINDS} other kinds of failure", file=sys.stderr)
 
 
 # -- server options ------------------------------------------------------------------------
@@ -274,7 +145,7 @@ def _password(args: argparse.Namespace, user: str, in_url: str | None) -> str:
 
 
 def _warn_password_in_argv(option: str) -> None:
-    _print(
+    echo(
         f"warning: the password in {option} shows in ps and shell history; "
         "use $SMTPPOOL_PASSWORD, $SMTPPOOL_URL or --password-file",
         file=sys.stderr,
@@ -303,7 +174,7 @@ def _send(args: argparse.Namespace) -> int:
     total = _count(args.paths) - len(skipped)  # a cheap first pass, for the ETA
     items = (item for item in iter_items(args.paths) if item.id not in skipped)
     with SMTPPool(options=options) as pool:  # closing twice is harmless after an interrupt
-        with _progress(total, "sending") as advance:
+        with progress(total, "sending") as advance:
             report = run_batch(
                 pool,
                 items,
@@ -311,7 +182,7 @@ def _send(args: argparse.Namespace) -> int:
                 on_outcome=lambda outcome: _advance_unless_unsent(outcome, advance),
             )
     report.outcomes[:0] = skipped.values()
-    _print_summary(report, pool.stats())
+    print_summary(report, pool.stats())
     return _finish(args, report, total + len(skipped))
 
 
@@ -354,7 +225,7 @@ def _already_sent(report: str, paths: list[str]) -> dict[str, Outcome]:
             "paths (give the same paths as the first run), so all would be sent again"
         )
     unmatched = len(sent) - len(skipped)
-    _print(
+    echo(
         f"skipping {len(skipped)} message(s) already sent (per {report})"
         + (f"; {unmatched} sent then are not here or have changed" if unmatched else "")
     )
@@ -365,7 +236,7 @@ def _finish(args: argparse.Namespace, report: BatchReport, total: int) -> int:
     if args.report:
         Path(args.report).write_text(json.dumps(report.as_json(), indent=1), "utf-8")
     elif any(o.status != "sent" for o in report.outcomes):
-        _print("write every message's fate with --report FILE (and resume with --resume FILE)",
+        echo("write every message's fate with --report FILE (and resume with --resume FILE)",
                file=sys.stderr)  # fmt: skip
     if report.interrupted:
         return EXIT_INTERRUPTED
@@ -398,7 +269,7 @@ def _send_via_celery(args: argparse.Namespace) -> int:
     report = BatchReport()
     started = time.monotonic()
     by_key: dict[str, Any] = {}
-    with _progress(len(encoded), "sending via celery") as advance:
+    with progress(len(encoded), "sending via celery") as advance:
         if encoded:
             batch = send_batch(send_messages, encoded, chunk_size=args.chunk_size)
             for outcome in batch.iter_outcomes(args.wait):
@@ -409,7 +280,7 @@ def _send_via_celery(args: argparse.Namespace) -> int:
         for item_id, fate in order
     ]
     report.elapsed = time.monotonic() - started
-    _print_summary(report, None)
+    print_summary(report, None)
     return _finish(args, report, len(order))
 
 
@@ -422,15 +293,15 @@ def _verify(args: argparse.Namespace) -> int:
         if connection.secure:
             tls = f"{connection.tls_version} ({connection.tls_mode}), {connection.tls_cipher}"
         opts = connection.options
-        _print(f"{'server':<12}{opts.host}:{opts.port}")
-        _print(f"{'tls':<12}{tls}")
-        _print(f"{'extensions':<12}{' '.join(_describe(connection.extensions)) or '-'}")
+        echo(f"{'server':<12}{opts.host}:{opts.port}")
+        echo(f"{'tls':<12}{tls}")
+        echo(f"{'extensions':<12}{' '.join(_describe(connection.extensions)) or '-'}")
         auth = " ".join(sorted(connection.extensions.auth_mechanisms)) or "-"
-        _print(f"{'auth':<12}{auth}")
-        _print(f"{'login':<12}{'ok as ' + opts.auth.user if opts.auth else 'not configured'}")
+        echo(f"{'auth':<12}{auth}")
+        echo(f"{'login':<12}{'ok as ' + opts.auth.user if opts.auth else 'not configured'}")
     finally:
         connection.quit()
-    _print(f"{'result':<12}OK")
+    echo(f"{'result':<12}OK")
     return EXIT_OK
 
 
@@ -452,13 +323,13 @@ def _sink(args: argparse.Namespace) -> int:
         if maildir is not None:
             maildir.add(f"Return-Path: <{message.mail_from}>\r\n".encode() + message.data)
         if args.print or maildir is None:
-            _print(
+            echo(
                 f"--- from <{message.mail_from}> to {', '.join(message.rcpt_tos)} "
                 f"({len(message.data)} bytes)",
                 flush=True,
             )
             if args.print:
-                _print(message.data.decode("utf-8", "replace"), flush=True)
+                echo(message.data.decode("utf-8", "replace"), flush=True)
         count += 1
         if args.count and count >= args.count:
             received.set()
@@ -478,13 +349,13 @@ def _sink(args: argparse.Namespace) -> int:
         keep_messages=False,  # each is written or printed as it comes
     )
     with sink:
-        _print(f"listening on {sink.host}:{sink.port}", flush=True)
+        echo(f"listening on {sink.host}:{sink.port}", flush=True)
         try:
             while not received.wait(0.2):
                 pass
         except KeyboardInterrupt:
             pass
-    _print(f"received {count} message(s)", flush=True)
+    echo(f"received {count} message(s)", flush=True)
     return EXIT_OK
 
 
@@ -504,16 +375,16 @@ def _demo(args: argparse.Namespace) -> int:
     from .sink import Sink
 
     with Sink(extensions=["PIPELINING"]) as sink:
-        _print(f"sink listening on {sink.host}:{sink.port}")
+        echo(f"sink listening on {sink.host}:{sink.port}")
         sent = failed = 0
         start = time.monotonic()
         with SMTPPool(host=sink.host, port=sink.port, max_connections=args.max_connections) as pool:
             messages = (_demo_message(index) for index in range(args.count))
-            with _progress(args.count, "demo") as advance:
+            with progress(args.count, "demo") as advance:
                 for outcome in pool.send_many(messages):
                     if isinstance(outcome, SMTPError):
                         failed += 1
-                        _print(f"failed: {outcome}", file=sys.stderr)
+                        echo(f"failed: {outcome}", file=sys.stderr)
                     else:
                         sent += 1
                     advance()
@@ -521,7 +392,7 @@ def _demo(args: argparse.Namespace) -> int:
             stats = pool.stats()
         received, at_once = len(sink.messages), sink.max_concurrent
     rate = sent / elapsed if elapsed > 0 else float("inf")
-    _print(
+    echo(
         f"sent {sent}, failed {failed}, received by sink {received}, {elapsed:.2f} s, "
         f"{rate:.0f} messages/s; {stats['connections_opened']} connections opened over the "
         f"run, at most {at_once} at once (max_connections={args.max_connections}), each "
@@ -631,18 +502,18 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         status: int = args.run(args)
     except UsageError as exc:
-        _print(f"usage error: {exc} (see smtppool {args.command} --help)", file=sys.stderr)
+        echo(f"usage error: {exc} (see smtppool {args.command} --help)", file=sys.stderr)
         return EXIT_USAGE
     except SMTPError as exc:
-        _print(
+        echo(
             f"error {exc.code}: {exc.message}" + (f" ({exc.response})" if exc.response else ""),
             file=sys.stderr,
         )
         if "allow_plaintext_auth" in exc.message:
-            _print("on the command line: --secure, or --allow-plaintext-auth", file=sys.stderr)
+            echo("on the command line: --secure, or --allow-plaintext-auth", file=sys.stderr)
         return EXIT_FAILED
     except (ValueError, TypeError, OSError) as exc:
-        _print(f"error: {exc}", file=sys.stderr)
+        echo(f"error: {exc}", file=sys.stderr)
         return EXIT_FAILED
     except KeyboardInterrupt:
         return EXIT_INTERRUPTED

@@ -20,7 +20,8 @@ import trustme
 import smtppool
 from smtppool import Envelope, SMTPConnection
 from smtppool.batch import BatchReport, Outcome, iter_items
-from smtppool.cli import _plain_progress, _print_summary, main, printable
+from smtppool.cli import main
+from smtppool.console import plain_progress, print_summary, printable
 from smtppool.sink import Sink
 
 from ..faults import Faults, FaultServer
@@ -534,7 +535,7 @@ def test_failures_differing_in_their_reply_code_are_kept_apart(
     report = BatchReport(
         [failed(1, "550 5.1.1 no"), failed(2, "450 4.1.1 later"), failed(3, "550 5.1.1 no")]
     )
-    _print_summary(report, None)
+    print_summary(report, None)
     err = capsys.readouterr().err
     assert "failed x2: EENVELOPE: every recipient was refused (550 5.1.1 no)" in err
     assert "failed x1: EENVELOPE: every recipient was refused (450 4.1.1 later)" in err
@@ -543,7 +544,7 @@ def test_failures_differing_in_their_reply_code_are_kept_apart(
 def test_a_stopped_plain_progress_bar_ends_where_the_batch_did(
     capsys: pytest.CaptureFixture[str],
 ) -> None:
-    progress = _plain_progress(100, "sending")
+    progress = plain_progress(100, "sending")
     advance = next(progress)
     for _ in range(5):
         advance()

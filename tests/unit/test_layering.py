@@ -68,7 +68,7 @@ LAYERS: list[set[str]] = [
     {"workers"},
     {"pool"},
     {"batch", "sink", "contrib.redis_limiter"},
-    {"testing", "contrib.django", "contrib.flask", "contrib.celery"},
+    {"testing", "console", "contrib.django", "contrib.flask", "contrib.celery"},
     {"cli"},
     {"__main__", "__init__", "contrib.__init__"},
 ]
