@@ -56,6 +56,54 @@ def test_a_checkout_runs_its_own_source() -> None:
 
 @pytest.mark.slow
 @pytest.mark.timeout(300)
+def test_an_edit_takes_effect_in_an_editable_install_without_reinstalling(
+    tmp_path: Path,
+) -> None:
+    """The README's own install, ``pip install -e``, of a copy of the checkout: edit a
+    compiled-in-the-wheel module's source and the next run sees the edit."""
+    if not (ROOT / "setup.py").exists():
+        pytest.skip("smtppool runs from an installed wheel here, not a checkout")
+    source = tmp_path / "source"
+    source.mkdir()
+    for name in ("setup.py", "setup.cfg", "pyproject.toml", "README.rst"):
+        shutil.copy(ROOT / name, source)
+    ignore = shutil.ignore_patterns("*.so", "__pycache__")
+    shutil.copytree(ROOT / "smtppool", source / "smtppool", ignore=ignore)
+    shutil.copytree(ROOT / "tools", source / "tools", ignore=ignore)
+    venv = tmp_path / "venv"
+    subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True, timeout=120)
+    python = str(venv / "bin" / "python")
+    env = {k: v for k, v in os.environ.items() if k not in ("SMTPPOOL_COMPILE", "PYTHONPATH")}
+    install = subprocess.run(
+        [python, "-m", "pip", "install", "-q", "--no-deps", "-e", str(source)],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=240,
+    )
+    assert install.returncode == 0, install.stderr[-2000:]
+    probe = (
+        "import smtppool, smtppool.protocol as p; "
+        "print(smtppool.compiled_modules(), p.MAX_LINE_LENGTH)"
+    )
+
+    def run() -> str:
+        out = subprocess.run(
+            [python, "-c", probe], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=60
+        )
+        assert out.returncode == 0, out.stderr
+        return out.stdout.strip()
+
+    assert run() == "[] 8192"
+    module = source / "smtppool" / "protocol.py"
+    text = module.read_text()
+    assert "MAX_LINE_LENGTH = 8 * 1024" in text
+    module.write_text(text.replace("MAX_LINE_LENGTH = 8 * 1024", "MAX_LINE_LENGTH = 4321"))
+    assert run() == "[] 4321"
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(300)
 def test_a_plain_build_needs_no_compiler_nor_mypy(tmp_path: Path) -> None:
     source = tmp_path / "source"
     source.mkdir()
