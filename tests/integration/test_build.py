@@ -54,6 +54,15 @@ def test_a_checkout_runs_its_own_source() -> None:
     assert loaded and all((m.__file__ or "").endswith(".py") for m in loaded)
 
 
+def copy_checkout(source: Path) -> None:
+    """What a source build needs of the checkout, without compiled or cached files."""
+    for name in ("setup.py", "setup.cfg", "pyproject.toml", "README.rst"):
+        shutil.copy(ROOT / name, source)
+    ignore = shutil.ignore_patterns("*.so", "__pycache__")
+    shutil.copytree(ROOT / "smtppool", source / "smtppool", ignore=ignore)
+    shutil.copytree(ROOT / "tools", source / "tools", ignore=ignore)
+
+
 @pytest.mark.slow
 @pytest.mark.timeout(300)
 def test_an_edit_takes_effect_in_an_editable_install_without_reinstalling(
@@ -65,11 +74,7 @@ def test_an_edit_takes_effect_in_an_editable_install_without_reinstalling(
         pytest.skip("smtppool runs from an installed wheel here, not a checkout")
     source = tmp_path / "source"
     source.mkdir()
-    for name in ("setup.py", "setup.cfg", "pyproject.toml", "README.rst"):
-        shutil.copy(ROOT / name, source)
-    ignore = shutil.ignore_patterns("*.so", "__pycache__")
-    shutil.copytree(ROOT / "smtppool", source / "smtppool", ignore=ignore)
-    shutil.copytree(ROOT / "tools", source / "tools", ignore=ignore)
+    copy_checkout(source)
     venv = tmp_path / "venv"
     subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True, timeout=120)
     python = str(venv / "bin" / "python")
@@ -109,11 +114,7 @@ def test_a_plain_build_needs_no_compiler_nor_mypy(tmp_path: Path) -> None:
     source.mkdir()
     if not (ROOT / "setup.py").exists():
         pytest.skip("smtppool runs from an installed wheel here, not a checkout")
-    for name in ("setup.py", "setup.cfg", "pyproject.toml", "README.rst"):
-        shutil.copy(ROOT / name, source)
-    ignore = shutil.ignore_patterns("*.so", "__pycache__")
-    shutil.copytree(ROOT / "smtppool", source / "smtppool", ignore=ignore)
-    shutil.copytree(ROOT / "tools", source / "tools", ignore=ignore)
+    copy_checkout(source)
     env = {**os.environ, "CC": str(tmp_path / "no-such-compiler")}
     env.pop("SMTPPOOL_COMPILE", None)
     build = subprocess.run(
