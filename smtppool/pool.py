@@ -149,7 +149,7 @@ class SMTPPool:
         self, message: MessageInput, envelope: EnvelopeInput | None, done: Settleable
     ) -> None:
         message, env = pair_with_envelope(message, envelope)
-        job = Job(Payload(message), env, done, time.monotonic())
+        job = Job(Payload(message), env, done, self._pushback.clock())  # the policy's clock
         with self._lock:
             if self._closed:
                 raise PoolClosedError("the pool is closed")

@@ -20,7 +20,7 @@ from .envelope import DSN, check_address, xtext
 from .errors import ProtocolError
 from .message import DataEncoder
 from .replies import Extensions, Reply
-from .states import GROUP_ENDERS, TRANSITIONS, State
+from .states import GROUP_ENDERS, ON_REPLY, ON_SEND, State
 
 __all__ = ["Extensions", "Reply", "SMTPProtocol", "State", "decode_challenge", "xtext"]
 
@@ -114,7 +114,7 @@ class SMTPProtocol:
             self._fail("data received after end of stream")
         if not data:
             self._eof = True
-            self._advance("<closed>")
+            self._end()
             return
         self._buffer += data
 
@@ -152,7 +152,7 @@ class SMTPProtocol:
     def _on_reply(self, code: int, lines: tuple[str, ...]) -> Reply:
         if not self._pending:
             if code == 421:  # RFC 5321 §3.8: the server may close the session at any time
-                self._advance("<closed>")
+                self._end()
                 return Reply(code, lines, None)
             self._fail(f"unexpected reply {code} {' '.join(lines)[:80]!r} with no command pending")
         pending = self._pending.popleft()
@@ -168,30 +168,28 @@ class SMTPProtocol:
                 if txn.final_left > 0:
                     self._pending.appendleft(pending)
         if code == 421:
-            self._advance("<closed>")
+            self._end()
         else:
             self._advance(pending.verb, reply)
         return reply
 
-    def _advance(self, verb: str, reply: Reply | None = None) -> None:
-        """Apply the first transition in ``TRANSITIONS`` that the event matches: ``verb``
-        sent (``reply`` None; :meth:`_allowed` has refused it in a state not listed), or
-        ``reply`` answering it.  No match, no change."""
+    def _advance(self, verb: str, reply: Reply) -> None:
+        """Apply the first of ``verb``'s reply transitions (see :mod:`smtppool.states`)
+        that ``reply`` matches in the current state; none, no change."""
         state = self.state
-        for step in TRANSITIONS.get(verb, ()):
-            test = step.reply
-            if state not in step.when:
-                continue
-            if reply is None:
-                if test is not None:
-                    continue
-            elif test is None or not test(reply.code):
-                continue
-            elif step.effect:
-                self._apply(step.effect, reply)
-            if step.then is not None:
-                self.state = step.then
-            return
+        for test, when, then, effect in ON_REPLY.get(verb, ()):
+            if state in when and test(reply.code):
+                if effect:
+                    self._apply(effect, reply)
+                if then is not None:
+                    self.state = then
+                return
+
+    def _end(self) -> None:
+        """The session is over (a 421, or the server hung up)."""
+        when, then = ON_SEND["<closed>"]
+        if self.state in when and then is not None:
+            self.state = then
 
     def _apply(self, effect: str, reply: Reply) -> None:
         """What a reply means besides the change of state."""
@@ -231,7 +229,7 @@ class SMTPProtocol:
         """Check state, pipelining and injection rules, record the expectation, encode."""
         if self.state is _FAILED:
             self._check_usable()
-        self._allowed(verb)
+        after = self._allowed(verb)
         if not line.isprintable() and _CONTROL.search(line):  # isprintable: the cheap test
             raise ValueError(f"control character in {verb} command {line[:80]!r}")
         if not self._pending and self._buffer and not self._buffer.startswith(b"421"):
@@ -252,14 +250,17 @@ class SMTPProtocol:
             raise ValueError(f"non-ASCII {verb} argument needs SMTPUTF8: {line!r}") from None
         final = verb == "BDAT LAST"
         self._pending.append(_Pending("BDAT" if final else verb, redacted or line, txn, final))
-        self._advance(verb)
+        if after is not None:
+            self.state = after
         return encoded + payload
 
-    def _allowed(self, verb: str) -> None:
-        """Raise ValueError unless ``verb`` may be sent in the current state."""
-        for step in TRANSITIONS[verb]:
-            if step.reply is None and self.state not in step.when:
-                raise ValueError(f"cannot send {verb} in state {self.state.name}")
+    def _allowed(self, verb: str) -> State | None:
+        """The state sending ``verb`` leads to (None: it stays); ValueError when the
+        table does not allow ``verb`` in the current state."""
+        when, then = ON_SEND[verb]
+        if self.state not in when:
+            raise ValueError(f"cannot send {verb} in state {self.state.name}")
+        return then
 
     def _hello_name(self, name: str) -> str:
         if not name or _CONTROL.search(name) or " " in name:
@@ -342,21 +343,21 @@ class SMTPProtocol:
     def data(self) -> bytes:
         return self._issue("DATA", "DATA")
 
-    def _content_encoder(self, verb: str) -> DataEncoder:
-        self._allowed(verb)  # after a 354 reply
-        assert self._encoder is not None  # set with the 354
-        return self._encoder
-
     def send_data(self, chunk: bytes) -> bytes:
         """Encode a piece of message content (after 354): CRLF line ends, dots stuffed."""
-        return self._content_encoder("<content>").feed(chunk)
+        self._allowed("<content>")
+        assert self._encoder is not None  # set with the 354
+        return self._encoder.feed(chunk)
 
     def end_data(self) -> bytes:
         """Finish the content with the terminator the last byte calls for."""
-        data = self._content_encoder(".").finish()
+        after = self._allowed(".")
+        assert self._encoder is not None  # set with the 354
+        data = self._encoder.finish()
         self._pending.append(_Pending(".", "<end of data>", self._txn, final=True))
         self._encoder = None
-        self._advance(".")
+        if after is not None:
+            self.state = after
         return data
 
     def bdat(self, chunk: bytes, *, last: bool = False) -> bytes:

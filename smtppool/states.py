@@ -13,7 +13,7 @@ import enum
 from collections.abc import Callable
 from dataclasses import dataclass
 
-__all__ = ["GROUP_ENDERS", "TRANSITIONS", "State", "Transition"]
+__all__ = ["GROUP_ENDERS", "ON_REPLY", "ON_SEND", "TRANSITIONS", "State", "Transition"]
 
 
 class State(enum.Enum):
@@ -119,6 +119,21 @@ TRANSITIONS: dict[str, tuple[Transition, ...]] = {
     "QUIT": (_sent((_GREETING, _HELLO, _READY, _AUTH, _MAIL, _RCPT, _BDAT), _CLOSED),),
     "<closed>": (_sent(_ALIVE, _CLOSED),),
 }
+#: The table indexed for the per-message path, derived from it and never edited: for
+#: each verb the client sends, the states it may be sent in and the state it leads to
+#: (None: stays); for each verb, its reply transitions as (test, when, then, effect).
+ON_SEND: dict[str, tuple[tuple[State, ...], State | None]] = {
+    verb: (step.when, step.then)
+    for verb, steps in TRANSITIONS.items()
+    for step in steps
+    if step.reply is None
+}
+ON_REPLY: dict[str, tuple[tuple[Callable[[int], bool], tuple[State, ...], State | None, str], ...]]
+ON_REPLY = {
+    verb: tuple((s.reply, s.when, s.then, s.effect) for s in steps if s.reply is not None)
+    for verb, steps in TRANSITIONS.items()
+}
+
 #: Commands after which nothing may be pipelined until their reply is in (RFC 2920 §3.1).
 GROUP_ENDERS = frozenset(
     {"<greeting>", "EHLO", "LHLO", "HELO", "STARTTLS", "AUTH", "QUIT", "NOOP", "DATA"}

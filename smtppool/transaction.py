@@ -51,7 +51,7 @@ class Outgoing(Protocol):
     def content(self) -> MessageInput: ...
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class Outbound:
     """One message as this session sends it, decided once by :meth:`Sender.prepare`:
     its envelope, its content, and whether it goes with SMTPUTF8, with the addresses

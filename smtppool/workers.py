@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import logging
 import threading
-import time
 from collections import deque
 from collections.abc import Iterable, Iterator
 from concurrent.futures import ThreadPoolExecutor
@@ -201,7 +200,7 @@ class Workers:
         then back at the head of the queue."""
         with self._changed:
             while True:
-                assignment = self._assign_locked(held, time.monotonic())
+                assignment = self._assign_locked(held, self._pushback.clock())
                 if not isinstance(assignment, float):
                     return assignment
                 self._changed.wait(assignment)
