@@ -127,8 +127,6 @@ class SMTPConnection:
             f"messages={self.messages_sent}/{o.max_messages}>"
         )
 
-    # -- the error boundary ------------------------------------------------------------
-
     # -- connecting --------------------------------------------------------------------
 
     def connect(self) -> None:

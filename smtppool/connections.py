@@ -54,8 +54,9 @@ class PoolConnections:
         self._leases: dict[SMTPConnection, ConnectionLease] = {}
         self.open = 0  # idle, sending or retiring
         self.dialing = 0
-        #: Set when the pool closes: no new dial, and every connection that comes back
-        #: is retired.
+        #: Set when the pool stops (``close(wait=False)``, or ``close()`` timed out) and
+        #: when ``close()`` retires the idle connections at its end: no new dial, and
+        #: every connection that comes back is retired.
         self.closing = False
         self._cap_warned = False
         self.counts = dict.fromkeys(
@@ -172,7 +173,7 @@ class PoolConnections:
         """A reused connection starts another run: renew its lease."""
         self._leases[connection].renew()
 
-    def usable(self, connection: SMTPConnection) -> bool:
+    def keep_if_usable(self, connection: SMTPConnection) -> bool:
         """Whether a connection taken from the idle list can carry a message; one that
         cannot is retired here."""
         try:

@@ -52,32 +52,35 @@ ORCPT_MAX = 500
 
 
 class Address(str):
-    """An address :func:`check_address` accepted: it carries the check with it, so the
-    envelope decides once and the protocol's commands take it as it is."""
+    """An address that can go between ``<`` and ``>`` in a command: checked when made
+    (``ValueError``/``TypeError`` otherwise), so the envelope checks once and the
+    protocol's commands take it as it is.
+
+    A space is allowed only inside a quoted local part (``"john smith"@example.com``),
+    so an address can never add a parameter to the command it is in; CR, LF, NUL,
+    other control characters, ``<`` and ``>`` are refused.
+    """
 
     __slots__ = ()
 
+    def __new__(cls, address: object, what: str = "address") -> Address:
+        text = _check_characters(address, what)
+        if " " in text and not _QUOTED_LOCAL_PART.fullmatch(text):
+            raise ValueError(
+                f"{what} {text!r} contains a space outside a quoted local part "
+                '(RFC 5321: write "john smith"@example.com)'
+            )
+        return super().__new__(cls, text)
+
 
 def check_address(address: object, what: str = "address") -> Address:
-    """Return ``address`` as an :class:`Address` if it can go between ``<`` and ``>`` in
-    a command, else raise; an :class:`Address` is returned as it is (checked already).
-
-    A space is allowed only inside a quoted local part (``"john smith"@example.com``),
-    so an address can never add a parameter to the command it is in.
+    """``address`` as an :class:`Address` (one already is: it was checked when made).
 
     :raises TypeError: not a string.
     :raises ValueError: contains CR, LF, NUL, another control character, ``<``, ``>``,
         or a space outside a quoted local part.
     """
-    if type(address) is Address:
-        return address
-    text = _check_characters(address, what)
-    if " " in text and not _QUOTED_LOCAL_PART.fullmatch(text):
-        raise ValueError(
-            f"{what} {text!r} contains a space outside a quoted local part "
-            '(RFC 5321: write "john smith"@example.com)'
-        )
-    return Address(text)
+    return address if type(address) is Address else Address(address, what)
 
 
 def _check_characters(address: object, what: str) -> str:
@@ -231,8 +234,7 @@ class Envelope:
         object.__setattr__(self, "mail_from", mail_from)
         object.__setattr__(self, "rcpt_to", recipients)
         given = [mail_from, *recipients]
-        # A checked address with its domain in A-labels is still a valid address.
-        ascii_forms = [Address(ascii_address(a) or a) if not a.isascii() else a for a in given]
+        ascii_forms = [a if a.isascii() else Address(ascii_address(a) or a) for a in given]
         object.__setattr__(self, "is_international", not all(a.isascii() for a in given))
         object.__setattr__(self, "needs_smtputf8", not all(a.isascii() for a in ascii_forms))
         object.__setattr__(self, "ascii_mail_from", ascii_forms[0])

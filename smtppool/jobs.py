@@ -10,6 +10,7 @@ sockets.
 
 from __future__ import annotations
 
+import io
 import threading
 from collections import deque
 from collections.abc import Iterable, Iterator
@@ -73,6 +74,8 @@ class Payload:
             return message
         if self.rewind_to is not None:
             cast(BinaryIO, message).seek(self.rewind_to)
+            return message
+        if isinstance(message, io.TextIOBase):  # refused as it is, before MAIL
             return message
         if hasattr(message, "read"):
             return cast(BinaryIO, _WatchedFile(cast(BinaryIO, message), self))

@@ -7,7 +7,8 @@ message.  The next item is taken from the run's iterator only when its commands 
 leave; an item refused by a check that needs no reply (SMTPUTF8, SIZE) comes back at
 once, and the item announced behind a lost end of data comes back with a
 :class:`ConnectError` without ``delivery_unknown`` (its data never left), so it may be
-retried.
+retried.  Anything else preparing an item raises (out of the run) once the message
+under way has its outcome.
 """
 
 from __future__ import annotations
@@ -43,6 +44,9 @@ class PipelinedRun(Generic[Item]):
         self._items = items
         self._refused: list[tuple[Item, SMTPError]] = []  # by checks that need no reply
         self._following: list[_Prepared[Item]] = []  # announced behind the current one
+        #: What preparing the next item raised (its file unreadable, say), kept until
+        #: the message under way is done: it is that item's, raised out of the run.
+        self._raised: Exception | None = None
 
     def _prepare(self) -> _Prepared[Item] | None:
         for item in self._items:
@@ -63,7 +67,11 @@ class PipelinedRun(Generic[Item]):
 
     def _next_commands(self) -> bytes:
         """The next transaction's commands, to ride with the current end of data."""
-        prepared = self._prepare()
+        try:
+            prepared = self._prepare()
+        except Exception as exc:  # not the current message's failure: it goes on
+            self._raised = exc
+            return b""
         if prepared is None:
             return b""
         self._following.append(prepared)
@@ -75,6 +83,8 @@ class PipelinedRun(Generic[Item]):
         while True:
             yield from self._refused
             self._refused.clear()
+            if self._raised is not None:
+                raise self._raised
             if current is None:
                 return
             following.clear()
@@ -89,7 +99,7 @@ class PipelinedRun(Generic[Item]):
                     if following:  # its commands went out, its data never did
                         lost = ConnectError("connection lost before this message was sent")
                         yield following[0].item, lost
-                    return
+                    break
                 # Refused at the end of data, the next one is under way; before its data,
                 # nothing is: the next one starts now.
                 current = following[0] if following else self._write_next()
@@ -99,3 +109,5 @@ class PipelinedRun(Generic[Item]):
                 raise
             yield current.item, result
             current = following[0] if following else None
+        if self._raised is not None:
+            raise self._raised

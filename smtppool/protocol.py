@@ -38,6 +38,12 @@ _SEPARATORS = (b" ", b"-", b"")
 #: Attribute access on an Enum class is a slow lookup in CPython (about 55 ns), and the
 #: per-reply path tests for this state.
 _FAILED = State.FAILED
+#: The table's names for what is not a command line, as errors say them.
+_EVENT_NAMES = {
+    "<content>": "message content (only after a 354 reply)",
+    ".": "the end of data (only after a 354 reply)",
+    "<auth response>": "an AUTH response (only right after a 334 reply)",
+}
 
 
 @dataclass(slots=True)
@@ -259,7 +265,8 @@ class SMTPProtocol:
         table does not allow ``verb`` in the current state."""
         when, then = ON_SEND[verb]
         if self.state not in when:
-            raise ValueError(f"cannot send {verb} in state {self.state.name}")
+            what = _EVENT_NAMES.get(verb, verb)
+            raise ValueError(f"cannot send {what} in state {self.state.name}")
         return then
 
     def _hello_name(self, name: str) -> str:
@@ -291,7 +298,6 @@ class SMTPProtocol:
 
     def auth_continue(self, response: bytes) -> bytes:
         """Answer a 334 challenge; the line is logged and reported only as ``****``."""
-        self._check_usable()
         if self._pending:
             raise ValueError("auth_continue() is only valid right after a 334 reply")
         self._allowed("<auth response>")

@@ -238,7 +238,7 @@ class Pushback:
         ends = self.limit.wait_ends(queued_at, self.pool_timeout)
         return ends is not None and self.clock() >= ends
 
-    def may_retry(
+    def grant_retry(
         self, budget: RetryBudget, error: SMTPError, *, reused: bool, replayable: bool
     ) -> bool:
         """Whether a failed attempt gets another, spending it from ``budget``: only when

@@ -22,15 +22,14 @@ from __future__ import annotations
 import logging
 import threading
 from collections import deque
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 
 from .config import Options
 from .connection import SMTPConnection
 from .connections import DIAL, PoolConnections
 from .envelope import SendResult
-from .errors import PoolClosedError, SMTPError
-from .housekeeping import Housekeeper
+from .errors import ConnectError, PoolClosedError, SMTPError
 from .idle import IdleSlot
 from .jobs import DONE, Job, Jobs, settle
 from .pushback import Pushback
@@ -60,8 +59,9 @@ class Workers:
         connections: PoolConnections,
         pushback: Pushback,
         limiter: Limiter,
-        housekeeper: Housekeeper,
         log: logging.Logger,
+        *,
+        start_housekeeper: Callable[[], None],
     ) -> None:
         self.options = options
         self._changed = changed  # the pool's: its lock guards the jobs and the counts
@@ -69,7 +69,7 @@ class Workers:
         self._connections = connections
         self._pushback = pushback
         self._limiter = limiter
-        self._housekeeper = housekeeper
+        self._start_housekeeper = start_housekeeper  # it ends the wait of pool_timeout
         self._log = log
         self._executor = ThreadPoolExecutor(options.max_connections, thread_name_prefix="smtppool")
         self._executor_open = True
@@ -188,7 +188,7 @@ class Workers:
                 reused = False
             else:
                 connection, reused = slot.connection, True
-                if not connections.usable(connection):
+                if not connections.keep_if_usable(connection):
                     continue
             held.popleft()
             held.extend(self._send(job, connection, reused))
@@ -225,7 +225,7 @@ class Workers:
             return None
         lent = self._connections.lend_locked(now)
         if lent == DIAL:
-            self._housekeeper.start()  # it ends the wait of pool_timeout
+            self._start_housekeeper()
         elif lent is None and self._connections.below_limit_locked():
             # Only the dial backoff holds this worker: it dials when that passes, and
             # meanwhile the connections that work may carry what it held.
@@ -269,19 +269,21 @@ class Workers:
     def _send(self, job: Job, connection: SMTPConnection, reused: bool) -> list[Job]:
         """Send ``job`` (and whatever the connection can pipeline behind it) on
         ``connection``, then give the connection back; return the jobs to try again."""
-        in_flight: list[Job] = []  # handed to the connection, no outcome yet
+        in_flight: list[Job] = [job]  # this worker's to settle: no outcome yet
         retry: list[Job] = []
         try:
             if reused:
                 self._connections.renew(connection)
-            self._limiter.acquire()
+            self._limiter.acquire()  # a limiter that fails (its store gone) fails the job
             if not self._claim(job):
+                in_flight.clear()
                 self._complete(job, None)
                 return retry
-            in_flight.append(job)
             for done, outcome in connection.send_each(self._run_for(connection, in_flight)):
                 in_flight.remove(done)
                 self._judge_outcome(done, outcome, reused, retry)
+            if in_flight:  # a connection gives every item it took an outcome: a bug else
+                raise ConnectError("the connection ended its run without this message's outcome")
         except BaseException as exc:  # every in_flight message learns its fate, whatever happened
             for done in in_flight:
                 self._judge_outcome(done, exc, reused, retry)
@@ -301,7 +303,7 @@ class Workers:
                 return
             try:
                 allowed = self._limiter.acquire(timeout=0)
-            except SMTPError:  # closed, or undecidable: a worker's own acquire will say
+            except Exception:  # closed, or undecidable: a worker's own acquire will say
                 allowed = False
             if not allowed:  # it must wait its turn: leave it for a worker that can
                 with self._changed:
@@ -319,7 +321,7 @@ class Workers:
         """Settle a message, or put it in ``retry`` when the failure proves it was not taken."""
         if isinstance(outcome, SMTPError):
             self._pause_for(outcome)
-            if self._retries(job, outcome, reused):
+            if self._take_back_for_retry(job, outcome, reused):
                 self._log.info("retrying a message after %s: %s", outcome.code, outcome.message)
                 retry.append(job)
                 return
@@ -329,11 +331,11 @@ class Workers:
                 outcome = closed
         self._complete(job, outcome)
 
-    def _retries(self, job: Job, error: SMTPError, reused: bool) -> bool:
+    def _take_back_for_retry(self, job: Job, error: SMTPError, reused: bool) -> bool:
         """Whether ``job`` gets another attempt (the policy's word, unless the pool stops);
         if so it is taken back for it."""
         with self._changed:
-            if self.stopping or not self._pushback.may_retry(
+            if self.stopping or not self._pushback.grant_retry(
                 job.budget, error, reused=reused, replayable=job.payload.replayable
             ):
                 return False

@@ -3,6 +3,7 @@ thread, no sleep (see tests/memory.py)."""
 
 from __future__ import annotations
 
+import io
 from collections.abc import Callable, Iterator
 
 import pytest
@@ -11,11 +12,13 @@ from smtppool import (
     ConnectError,
     Envelope,
     EnvelopeError,
+    RateLimitError,
     SendResult,
     SMTPConnection,
     SMTPError,
     SMTPPool,
 )
+from smtppool.ratelimit import FREE_LEASE, ConnectionLease
 
 from ..memory import MemoryServer
 
@@ -146,3 +149,70 @@ def test_a_refused_recipient_fails_only_its_message(extensions: tuple[str, ...])
         outcomes = [f.exception() or f.result() for f in futures]
     assert [isinstance(o, SMTPError) for o in outcomes] == [False, False, True, False, False]
     assert [m.data for m in server.messages] == [b"m0\r\n", b"m1\r\n", b"m3\r\n", b"m4\r\n"]
+
+
+class BrokenLimiter:
+    """A shared limiter whose store has gone away: every decision fails."""
+
+    def acquire(self, timeout: float | None = None) -> bool:
+        raise RateLimitError("the limiter's store is unreachable")
+
+    def pause(self, seconds: float) -> None:
+        pass
+
+    def close(self) -> None:
+        pass
+
+    def lease_connection(self, timeout: float) -> ConnectionLease:
+        return FREE_LEASE
+
+
+def test_a_limiter_that_fails_fails_the_message_at_once() -> None:
+    """The first message of a run used to be settled only once it was on the wire: a
+    limiter raising before that left its future pending for good (send() hung)."""
+    server = MemoryServer()
+    with SMTPPool(
+        host="memory.test", get_socket=server.connect, rate_limiter=BrokenLimiter()
+    ) as pool:
+        future = pool.submit(b"one\r\n", Envelope("a@x.org", "b@x.org"))
+        with pytest.raises(RateLimitError):
+            future.result(timeout=5)
+        assert pool.stats()["in_flight"] == 0 and pool.stats()["failed"] == 1
+    assert server.messages == []
+
+
+class Unreadable(Item):
+    def content(self) -> bytes:
+        raise OSError("the message file cannot be read")
+
+
+def test_an_item_that_cannot_be_prepared_fails_alone(
+    connect: Callable[..., SMTPConnection],
+) -> None:
+    """Preparing the next item happens while the current message's data is going out:
+    its failure used to close the connection and fail the current message with the
+    other item's error."""
+    server = MemoryServer()
+    conn = connect(server)
+    items = [Item(0, "u0@x.org"), Unreadable(1, "u1@x.org"), Item(2, "u2@x.org")]
+    run = conn.send_each(iter(items))
+    item, outcome = next(run)
+    assert item is items[0] and isinstance(outcome, SendResult)
+    with pytest.raises(OSError, match="cannot be read"):
+        next(run)
+    assert [m.data for m in server.messages] == [items[0].body]
+    assert conn.is_reusable()  # the session is in step: it goes on
+    messages = [b"m0\r\n", UnrewindableFile(b"m1\r\n"), b"m2\r\n", b"m3\r\n"]
+    with SMTPPool(host="memory.test", get_socket=server.connect, max_connections=1) as pool:
+        futures = [pool.submit(m, Envelope("a@x.org", "b@x.org")) for m in messages]
+        outcomes = [f.exception(timeout=5) or f.result() for f in futures]
+    kinds = [type(o).__name__ for o in outcomes]
+    assert kinds == ["SendResult", "OSError", "SendResult", "SendResult"]
+    assert [m.data for m in server.messages][-3:] == [b"m0\r\n", b"m2\r\n", b"m3\r\n"]
+
+
+class UnrewindableFile(io.BytesIO):
+    """A message file that cannot be rewound for its attempt."""
+
+    def seek(self, *args: object) -> int:
+        raise OSError("the message file cannot be read")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import ast
+import re
 from pathlib import Path
 
 import pytest
@@ -76,23 +77,35 @@ LAYERS: list[set[str]] = [
 
 def package_imports(path: Path) -> set[str]:
     """The package modules ``path`` imports, as dotted names below ``smtppool``."""
-    return relative_imports(path.read_text(), path.relative_to(PACKAGE).with_suffix("").parts)
+    return imports_within(path.read_text(), path.relative_to(PACKAGE).with_suffix("").parts)
 
 
-def relative_imports(source: str, module: tuple[str, ...]) -> set[str]:
+def imports_within(source: str, module: tuple[str, ...]) -> set[str]:
     """The package modules ``source`` (the module ``module``) imports: relative imports
-    at any depth, type-only ones too."""
+    at any depth and absolute ones (``smtppool.x``), type-only ones too."""
     found: set[str] = set()
     for node in ast.walk(ast.parse(source)):
-        if isinstance(node, ast.ImportFrom) and node.level:
-            base = list(module[: len(module) - node.level])
-            if node.module:
-                found.add(".".join([*base, *node.module.split(".")]))
-                continue
-            for alias in node.names:  # from . import x: a module, or a name of __init__
-                name = ".".join([*base, alias.name])
-                is_module = (PACKAGE / f"{name.replace('.', '/')}.py").exists()
-                found.add(name if is_module else ".".join(base))
+        if isinstance(node, ast.Import):
+            for alias in node.names:
+                if alias.name.startswith("smtppool."):
+                    found.add(alias.name.removeprefix("smtppool."))
+            continue
+        if not isinstance(node, ast.ImportFrom):
+            continue
+        absolute = node.module or ""
+        if node.level:
+            base, dotted = list(module[: len(module) - node.level]), absolute
+        elif absolute == "smtppool" or absolute.startswith("smtppool."):
+            base, dotted = [], absolute.removeprefix("smtppool").lstrip(".")
+        else:
+            continue
+        if dotted:
+            found.add(".".join([*base, *dotted.split(".")]))
+            continue
+        for alias in node.names:  # from . import x: a module, or a name of __init__
+            name = ".".join([*base, alias.name])
+            is_module = (PACKAGE / f"{name.replace('.', '/')}.py").exists()
+            found.add(name if is_module else ".".join(base))
     return found
 
 
@@ -117,8 +130,42 @@ def test_imports_go_down_the_layers_only(path: Path) -> None:
     assert not upward, f"{name} (layer {layer_of(name)}) imports {upward} from its layer or above"
 
 
-def test_an_upward_import_is_caught() -> None:
-    """The check itself: errors importing the protocol (as it once did, for a type)."""
-    source = (PACKAGE / "errors.py").read_text() + "\nfrom .protocol import Reply\n"
-    upward = [m for m in relative_imports(source, ("errors",)) if layer_of(m) >= 1]
-    assert upward == ["protocol"]
+def upward_imports(source: str, name: str) -> list[str]:
+    """What the layering check refuses in ``source`` as the module ``name``."""
+    found = imports_within(source, tuple(name.split(".")))
+    return sorted(m for m in found if layer_of(m) >= layer_of(name))
+
+
+@pytest.mark.parametrize(
+    "added",
+    ["from .protocol import Reply", "from smtppool.protocol import Reply", "import smtppool.pool"],
+)
+def test_an_upward_import_is_caught(added: str) -> None:
+    """The check itself: errors importing the protocol (as it once did, for a type), or
+    the pool, however the import is written."""
+    source = (PACKAGE / "errors.py").read_text()
+    assert upward_imports(source, "errors") == []
+    assert upward_imports(f"{source}\n{added}\n", "errors") in (["protocol"], ["pool"])
+
+
+@pytest.mark.parametrize("doc", ["README.rst", "docs/architecture.rst"])
+def test_the_docs_name_every_layer_in_order(doc: str) -> None:
+    """README's Design section and docs/architecture.rst draw the same list: each names
+    every module (the integrations by what they integrate), and the first module named
+    of each layer comes after the first of the layer below."""
+    text = (PACKAGE.parent / doc).read_text()
+    if doc == "README.rst":
+        text = text[text.index("\nDesign\n") :]
+    first: dict[str, int] = {}
+    for layer in LAYERS:
+        for name in layer - {"__main__", "__init__", "contrib.__init__"}:
+            if name.startswith("contrib."):  # "the Django, Flask and Celery integrations"
+                continue
+            match = re.search(rf"``{re.escape(name)}``", text)
+            assert match, f"{doc} does not name {name}"
+            first[name] = match.start()
+    for below, above in zip(LAYERS, LAYERS[1:], strict=False):
+        named_below = [first[n] for n in below if n in first]
+        named_above = [first[n] for n in above if n in first]
+        if named_below and named_above:
+            assert min(named_above) > min(named_below), (doc, sorted(below), sorted(above))

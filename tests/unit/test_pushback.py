@@ -174,12 +174,12 @@ def test_a_retry_spends_the_budget_and_a_dead_reused_connection_costs_nothing() 
     pushback, _ = policy(retries=2)
     budget = RetryBudget()
     # The first failure on a reused connection is free (it died while idle).
-    assert pushback.may_retry(budget, LOST, reused=True, replayable=True)
+    assert pushback.grant_retry(budget, LOST, reused=True, replayable=True)
     assert (budget.used, budget.stale) == (0, 0)
-    assert pushback.may_retry(budget, LOST, reused=True, replayable=True)
-    assert pushback.may_retry(budget, LOST, reused=False, replayable=True)
+    assert pushback.grant_retry(budget, LOST, reused=True, replayable=True)
+    assert pushback.grant_retry(budget, LOST, reused=False, replayable=True)
     assert budget.used == 2
-    assert not pushback.may_retry(budget, LOST, reused=False, replayable=True)
+    assert not pushback.grant_retry(budget, LOST, reused=False, replayable=True)
 
 
 @pytest.mark.parametrize(
@@ -195,7 +195,7 @@ def test_no_retry_unless_the_failure_proves_the_message_was_not_taken(
 ) -> None:
     pushback, _ = policy()
     budget = RetryBudget()
-    assert not pushback.may_retry(budget, error, reused=True, replayable=replayable)
+    assert not pushback.grant_retry(budget, error, reused=True, replayable=replayable)
     assert (budget.used, budget.stale) == (0, 1)  # nothing spent
 
 
