@@ -101,8 +101,11 @@ class PipelinedRun(Generic[Item]):
                         yield following[0].item, lost
                     break
                 # Refused at the end of data, the next one is under way; before its data,
-                # nothing is: the next one starts now.
-                current = following[0] if following else self._write_next()
+                # nothing is: the next one starts now (unless preparing one raised).
+                if following:
+                    current = following[0]
+                else:
+                    current = None if self._raised is not None else self._write_next()
                 continue
             except BaseException:
                 channel.transport.close()

@@ -10,7 +10,8 @@ socketpair underneath gives the stand-in a file descriptor, only so that the cli
 idle check can ``select()`` on it; no byte travels through it.)
 
 The server is a small sink: EHLO (with the extensions given), MAIL, RCPT (refusing the
-addresses given), DATA with dot-unstuffing, RSET, NOOP, QUIT; :meth:`MemoryServer.hang_up`
+addresses given), DATA with dot-unstuffing (refused at its end when asked), RSET, NOOP,
+QUIT; :meth:`MemoryServer.hang_up`
 closes every connection as a server's idle timeout would.
 """
 
@@ -101,9 +102,11 @@ class MemoryServer:
         *,
         extensions: Iterable[str] = ("PIPELINING", "8BITMIME"),
         refuse: Iterable[str] = (),
+        refuse_data: bool = False,
     ) -> None:
         self.extensions = list(extensions)
         self.refuse = set(refuse)
+        self.refuse_data = refuse_data  # 554 at every end of data
         self.messages: list[Received] = []
         self.connections: list[MemorySocket] = []
         self._lock = threading.Lock()
@@ -128,7 +131,10 @@ class MemoryServer:
 
     def _line(self, sock: MemorySocket, session: _Session, line: bytes) -> None:
         if session.content is not None:  # inside DATA
-            if line == b".":
+            if line == b"." and self.refuse_data:
+                session.content, session.mail_from, session.rcpt_to = None, None, []
+                sock.reply(b"554 5.7.1 message refused\r\n")
+            elif line == b".":
                 self._deliver(session, b"".join(session.content))
                 session.content = None
                 sock.reply(b"250 2.0.0 queued\r\n")

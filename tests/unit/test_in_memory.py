@@ -216,3 +216,19 @@ class UnrewindableFile(io.BytesIO):
 
     def seek(self, *args: object) -> int:
         raise OSError("the message file cannot be read")
+
+
+def test_after_a_refusal_nothing_starts_behind_an_item_that_could_not_be_prepared(
+    connect: Callable[..., SMTPConnection],
+) -> None:
+    """The message under way is refused at its end of data while the next one could not
+    be prepared: the run raises that error without starting the one after it."""
+    server = MemoryServer(refuse_data=True)
+    conn = connect(server)
+    items = [Item(0, "u0@x.org"), Unreadable(1, "u1@x.org"), Item(2, "u2@x.org")]
+    run = conn.send_each(iter(items))
+    item, outcome = next(run)
+    assert item is items[0] and isinstance(outcome, SMTPError) and outcome.response_code == 554
+    with pytest.raises(OSError, match="cannot be read"):
+        next(run)
+    assert conn.is_reusable()  # nothing was started behind it: the session is in step
