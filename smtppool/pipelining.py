@@ -57,13 +57,16 @@ class PipelinedRun(Generic[Item]):
         return None
 
     def _write_next(self) -> _Prepared[Item] | None:
-        """Start the next transaction on its own (nothing is under way)."""
-        with self._channel.guard("sending messages"):
-            self._channel.require_ready()
-            prepared = self._prepare()
-            if prepared is not None:
-                self._channel.write(prepared.commands)
-            return prepared
+        """Start the next transaction on its own (nothing is under way).  Preparing it
+        does no I/O and stays outside the guard: its errors are the item's own."""
+        channel = self._channel
+        with channel.guard("sending messages"):
+            channel.require_ready()
+        prepared = self._prepare()
+        if prepared is not None:
+            with channel.guard("sending messages"):
+                channel.write(prepared.commands)
+        return prepared
 
     def _next_commands(self) -> bytes:
         """The next transaction's commands, to ride with the current end of data."""

@@ -110,11 +110,11 @@ class SMTPPool:
         self._housekeeper = Housekeeper(self._keep_house, interval, self._log)
         self._connections = PoolConnections(
             opts, self._limiter, self._pushback, self._changed, self._log,
-            start_housekeeper=self._start_housekeeper_locked,
+            start_housekeeper=self._housekeeper.start,
         )  # fmt: skip
         self._workers = Workers(
             opts, self._changed, self._jobs, self._connections, self._pushback,
-            self._limiter, self._log, start_housekeeper=self._start_housekeeper_locked,
+            self._limiter, self._log, start_housekeeper=self._housekeeper.start,
         )  # fmt: skip
         self._closed = False  # no new messages
 
@@ -321,11 +321,6 @@ class SMTPPool:
         return True
 
     # -- the housekeeper's chores, and forks -------------------------------------------
-
-    def _start_housekeeper_locked(self) -> None:
-        """At the first dial or idle connection, unless the pool is closing."""
-        if not self._closed:
-            self._housekeeper.start()
 
     def _keep_house(self) -> None:
         self._connections.reap()

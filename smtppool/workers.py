@@ -283,7 +283,11 @@ class Workers:
                 in_flight.remove(done)
                 self._judge_outcome(done, outcome, reused, retry)
             if in_flight:  # a connection gives every item it took an outcome: a bug else
-                raise ConnectError("the connection ended its run without this message's outcome")
+                self._log.error("a connection ended its run without %d outcome(s)", len(in_flight))
+                raise ConnectError(
+                    "the connection ended its run without this message's outcome",
+                    delivery_unknown=True,  # it may have been sent: never sent again
+                )
         except BaseException as exc:  # every in_flight message learns its fate, whatever happened
             for done in in_flight:
                 self._judge_outcome(done, exc, reused, retry)

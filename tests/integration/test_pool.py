@@ -710,3 +710,20 @@ def test_date_and_message_id_are_added_to_messages_without_them(smtpd: Any) -> N
     assert b"Message-ID: <mine@x.org>" in heads[1] and b"2024" in heads[1]
     assert sink.messages[2].data == raw  # raw bytes never touched
     assert bare["Date"] is None and bare["Message-ID"] is None  # the caller's copy neither
+
+
+def test_pool_timeout_bounds_the_wait_while_close_drains() -> None:
+    """A pool closed before its first dial (``with SMTPPool(...) as pool: pool.submit``)
+    still ends a message's wait for a connection at ``pool_timeout``: the housekeeper
+    that enforces it was never started once close() had begun, so the message waited
+    for close()'s own 60 s and failed as closed."""
+    import socket
+
+    with socket.socket() as unused:
+        unused.bind(("127.0.0.1", 0))  # bound, never listening: connections are refused
+        started = time.monotonic()
+        with SMTPPool(host="127.0.0.1", port=unused.getsockname()[1], pool_timeout=1) as pool:
+            future = pool.submit(RAW, Envelope("a@x.org", "b@x.org"))
+        error = future.exception(timeout=1)
+    assert isinstance(error, ConnectError) and "pool_timeout" in str(error), error
+    assert time.monotonic() - started < 10
