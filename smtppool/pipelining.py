@@ -86,8 +86,7 @@ class PipelinedRun(Generic[Item]):
         while True:
             yield from self._refused
             self._refused.clear()
-            if self._raised is not None:
-                raise self._raised
+            self._raise_pending()
             if current is None:
                 return
             following.clear()
@@ -108,12 +107,22 @@ class PipelinedRun(Generic[Item]):
                 if following:
                     current = following[0]
                 else:
-                    current = None if self._raised is not None else self._write_next()
+                    current = None if self._preparing_failed() else self._write_next()
                 continue
             except BaseException:
                 channel.transport.close()
                 raise
             yield current.item, result
             current = following[0] if following else None
+        self._raise_pending()
+
+    # Read through methods: ``_next_commands`` sets ``_raised`` during a call, and a check
+    # in ``__iter__`` would narrow its type there (mypyc compiles in the narrowed type).
+
+    def _preparing_failed(self) -> bool:
+        return self._raised is not None
+
+    def _raise_pending(self) -> None:
+        """Raise what preparing the next item raised, once the current one is over."""
         if self._raised is not None:
             raise self._raised
