@@ -15,9 +15,8 @@ import logging
 import socket
 import time
 from collections.abc import Callable, Iterable, Iterator, Mapping
-from dataclasses import dataclass
 from types import TracebackType
-from typing import Any
+from typing import Any, NamedTuple
 
 from .channel import Channel
 from .config import Options, normalise_auth
@@ -41,8 +40,7 @@ __all__ = ["SMTPConnection", "quit_all"]
 QUIT_TIMEOUT = 10.0
 
 
-@dataclass(frozen=True, slots=True)
-class _Pair:
+class _Pair(NamedTuple):
     """An ``(envelope, message)`` pair as an item of a run (see ``send_each``)."""
 
     envelope: Envelope | Mapping[str, Any]

@@ -20,7 +20,7 @@ from .envelope import DSN, check_address, xtext
 from .errors import ProtocolError
 from .message import DataEncoder
 from .replies import Extensions, Reply
-from .states import GROUP_ENDERS, ON_REPLY, ON_SEND, State
+from .states import GROUP_ENDERS, ON_REPLY, ON_SEND, ReplySteps, State
 
 __all__ = ["Extensions", "Reply", "SMTPProtocol", "State", "decode_challenge", "xtext"]
 
@@ -175,15 +175,16 @@ class SMTPProtocol:
                     self._pending.appendleft(pending)
         if code == 421:
             self._end()
-        else:
-            self._advance(pending.verb, reply)
+        elif (steps := ON_REPLY.get(pending.verb)) is not None:
+            self._advance(steps, reply)
         return reply
 
-    def _advance(self, verb: str, reply: Reply) -> None:
-        """Apply the first of ``verb``'s reply transitions (see :mod:`smtppool.states`)
-        that ``reply`` matches in the current state; none, no change."""
+    def _advance(self, steps: ReplySteps, reply: Reply) -> None:
+        """Apply the first of a verb's reply transitions (``ON_REPLY``, derived from
+        :data:`smtppool.states.TRANSITIONS`) that ``reply`` matches in the current
+        state; none, no change."""
         state = self.state
-        for test, when, then, effect in ON_REPLY.get(verb, ()):
+        for test, when, then, effect in steps:
             if state in when and test(reply.code):
                 if effect:
                     self._apply(effect, reply)

@@ -13,7 +13,15 @@ import enum
 from collections.abc import Callable
 from dataclasses import dataclass
 
-__all__ = ["GROUP_ENDERS", "ON_REPLY", "ON_SEND", "TRANSITIONS", "State", "Transition"]
+__all__ = [
+    "GROUP_ENDERS",
+    "ON_REPLY",
+    "ON_SEND",
+    "TRANSITIONS",
+    "ReplySteps",
+    "State",
+    "Transition",
+]
 
 
 class State(enum.Enum):
@@ -128,10 +136,12 @@ ON_SEND: dict[str, tuple[tuple[State, ...], State | None]] = {
     for step in steps
     if step.reply is None
 }
-ON_REPLY: dict[str, tuple[tuple[Callable[[int], bool], tuple[State, ...], State | None, str], ...]]
-ON_REPLY = {
+#: A verb's reply transitions as (test, when, then, effect), in order of preference.
+ReplySteps = tuple[tuple[Callable[[int], bool], tuple[State, ...], State | None, str], ...]
+ON_REPLY: dict[str, ReplySteps] = {
     verb: tuple((s.reply, s.when, s.then, s.effect) for s in steps if s.reply is not None)
     for verb, steps in TRANSITIONS.items()
+    if any(s.reply is not None for s in steps)
 }
 
 #: Commands after which nothing may be pipelined until their reply is in (RFC 2920 §3.1).
