@@ -302,7 +302,7 @@ class SMTPConnection:
     def reset(self) -> Reply:
         """RSET: abandon any transaction and return to a clean session."""
         with self._channel.guard("resetting"):
-            return self._channel.expect_positive(self._channel.protocol.rset(), "RSET")
+            return self._sender.reset()
 
     def noop(self) -> Reply:
         """NOOP: check that the server still answers."""

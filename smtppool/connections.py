@@ -225,17 +225,21 @@ class PoolConnections:
     def reap(self) -> None:
         """Retire the connections idle for longer than ``idle_timeout``."""
         limit = self.options.idle_timeout
-        with self._changed:
-            expired = self.idle.take(older_than=time.monotonic() - limit)
-            self._in_use.update(expired)
+        expired = self._take_idle(older_than=time.monotonic() - limit)
         if expired:
             self._log.debug("closing %d connection(s) idle for %.0f s", len(expired), limit)
             self.retire(*expired)
 
     def drain(self, *, polite: bool) -> None:
         """Retire every idle connection, and from now on each that comes back."""
+        self.retire(*self._take_idle(), polite=polite)
+
+    def _take_idle(self, *, older_than: float | None = None) -> list[SMTPConnection]:
+        """Take idle connections (those idle since before ``older_than``, or all, which
+        also closes the pool to returning ones) out of the idle list, into use."""
         with self._changed:
-            idle = self.idle.take()
-            self.closing = True
-            self._in_use.update(idle)
-        self.retire(*idle, polite=polite)
+            connections = self.idle.take(older_than=older_than)
+            if older_than is None:
+                self.closing = True
+            self._in_use.update(connections)
+        return connections

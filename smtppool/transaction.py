@@ -292,9 +292,10 @@ class Sender:
         self.reset()
         raise failure
 
-    def reset(self) -> None:
-        """Reset the session after a transaction failed before its data was complete."""
-        self._channel.expect_positive(self._protocol.rset(), "RSET")
+    def reset(self) -> Reply:
+        """RSET: return to a clean session (after a transaction failed before its data
+        was complete, or when the caller asks)."""
+        return self._channel.expect_positive(self._protocol.rset(), "RSET")
 
     def _send_data(
         self, source: MessageSource, accepted: int, then: Callable[[], bytes] = bytes
