@@ -26,6 +26,7 @@ COMPILED = [
     "smtppool/channel.py",
     "smtppool/transaction.py",
     "smtppool/pipelining.py",
+    "smtppool/stacking.py",
     "smtppool/connection.py",
 ]
 

@@ -86,6 +86,13 @@ class Channel:
                 self.log.debug("smtp %s content: %r", self.options.host, data)
             self.transport.write(data)
 
+    def write_reading(self, data: bytes) -> None:
+        """Write commands and content, taking in replies as they come (see
+        :meth:`Transport.write_reading`); they are parsed by the next :meth:`read_reply`."""
+        if self.options.debug:
+            self.log.debug("smtp %s sending: %r", self.options.host, data)
+        self.transport.write_reading(data, self.protocol.receive_data)
+
     def read_reply(
         self,
         deadline: float | None = None,
@@ -110,6 +117,14 @@ class Channel:
                     raise ConnectError(f"connection {by} while {doing}")
                 protocol.receive_data(transport.receive(deadline, doing))
                 reply = protocol.next_reply()
+        return self._received(reply, closing_ok)
+
+    def received_reply(self) -> Reply | None:
+        """A whole reply already received (by :meth:`write_reading`), or None: no wait."""
+        reply = self.protocol.next_reply()
+        return None if reply is None else self._received(reply, False)
+
+    def _received(self, reply: Reply, closing_ok: bool) -> Reply:
         self.last_reply = reply
         if self._trace:
             self.log.debug(

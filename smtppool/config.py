@@ -156,6 +156,14 @@ OPTION_HELP: dict[str, str] = {
         "add ``Date`` and ``Message-ID`` to an ``email.message.Message`` that lacks them "
         "(raw bytes, text, files and iterables go as they are)"
     ),
+    "stack_messages": (
+        "on a server offering CHUNKING and PIPELINING, messages a connection keeps in "
+        "flight ahead of their replies in a run (``1``: one at a time)"
+    ),
+    "stack_bytes": (
+        "the same window in bytes of commands and content awaiting replies (one message "
+        "larger than this still goes, its chunks paced by their replies)"
+    ),
     "service": "a well-known provider's host, port and TLS mode",
     "max_connections": "pool: connections (and worker threads) at most",
     "max_messages": "pool: messages per connection before it is replaced",
@@ -219,6 +227,8 @@ class Options:
     debug: bool = False
     transaction_log: bool = False
     add_missing_headers: bool = True
+    stack_messages: int = 16
+    stack_bytes: int = 512 * 1024
 
     def __repr__(self) -> str:
         """Every setting, secrets masked: the password (in ``Credentials``), OAuth2 tokens
@@ -257,6 +267,8 @@ class Options:
         _count("max_connections", self.max_connections, minimum=1)
         _count("max_messages", self.max_messages, minimum=1)
         _count("retries", self.retries, minimum=0)
+        _count("stack_messages", self.stack_messages, minimum=1)
+        _count("stack_bytes", self.stack_bytes, minimum=1)
         _count("rate_limit", self.rate_limit, minimum=1, optional=True)
         set_("auth", normalise_auth(self.auth))
         if self.auth_method is not None:

@@ -30,9 +30,10 @@ from .errors import (
 from .handshake import Handshake
 from .login import log_in
 from .message import MessageInput
-from .pipelining import Item, PipelinedRun
+from .pipelining import PipelinedRun
 from .protocol import Extensions, Reply, State
-from .transaction import Sender
+from .stacking import StackedRun
+from .transaction import Item, Sender
 
 __all__ = ["SMTPConnection", "quit_all"]
 
@@ -236,15 +237,23 @@ class SMTPConnection:
 
         On a PIPELINING server using DATA, each message's content and end of data go out
         in the same write as the next message's MAIL, RCPT and DATA (RFC 2920 lets the
-        content transfer open a group): one write and one round trip per message.  Other
-        servers get one :meth:`send` at a time.  The next item is taken only when it can
+        content transfer open a group): one write and one round trip per message.  On a
+        PIPELINING server offering CHUNKING, up to ``stack_messages`` transactions are in
+        flight at once, several to a write (:mod:`smtppool.stacking`).  Other servers (and
+        LMTP) get one :meth:`send` at a time.  The next item is taken only when it can
         be sent, and never after an outcome that closed the connection; the item
         announced behind a lost end of data comes back with a ConnectError without
         ``delivery_unknown`` (its data never left), so it may be retried.
         """
-        ext, stream = self.extensions, iter(items)
-        if "PIPELINING" in ext and "CHUNKING" not in ext and not self.options.lmtp:
-            for item, outcome in PipelinedRun(self._channel, self._sender, stream):
+        ext, stream, opts = self.extensions, iter(items), self.options
+        run: Iterable[tuple[Item, SendResult | SMTPError]] | None = None
+        if "PIPELINING" in ext and not opts.lmtp:
+            if "CHUNKING" not in ext:
+                run = PipelinedRun(self._channel, self._sender, stream)
+            elif opts.stack_messages > 1:
+                run = StackedRun(self._channel, self._sender, stream)
+        if run is not None:
+            for item, outcome in run:
                 if isinstance(outcome, SendResult):
                     self.messages_sent += 1
                 yield item, outcome

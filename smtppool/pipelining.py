@@ -14,16 +14,14 @@ under way has its outcome.
 from __future__ import annotations
 
 from collections.abc import Iterator
-from typing import Generic, TypeVar
+from typing import Generic
 
 from .channel import FATAL, Channel
 from .envelope import SendResult
 from .errors import ConnectError, EnvelopeError, MessageError, SMTPError
-from .transaction import Outbound, Outgoing, Sender
+from .transaction import Item, Outbound, Sender
 
-__all__ = ["Item", "PipelinedRun"]
-
-Item = TypeVar("Item", bound=Outgoing)
+__all__ = ["PipelinedRun"]
 
 
 class _Prepared(Generic[Item]):

@@ -175,8 +175,10 @@ class SMTPProtocol:
                     self._pending.appendleft(pending)
         if code == 421:
             self._end()
-        elif (steps := ON_REPLY.get(pending.verb)) is not None:
-            self._advance(steps, reply)
+        elif (steps := ON_REPLY.get(pending.verb)) is not None and (
+            txn is None or txn is self._txn
+        ):
+            self._advance(steps, reply)  # a reply to an earlier, stacked transaction: no change
         return reply
 
     def _advance(self, steps: ReplySteps, reply: Reply) -> None:

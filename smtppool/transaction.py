@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
-from typing import Any, NoReturn, Protocol
+from typing import Any, NoReturn, Protocol, TypeVar
 
 from .channel import Channel
 from .envelope import Envelope, SendResult, ascii_address
@@ -26,7 +26,15 @@ from .errors import (
 from .message import MessageInput, MessageSource, prepare_message
 from .protocol import Extensions, Reply, SMTPProtocol
 
-__all__ = ["BDAT_WINDOW", "EnvelopeVerdict", "Outbound", "Outgoing", "Sender", "judge_envelope"]
+__all__ = [
+    "BDAT_WINDOW",
+    "EnvelopeVerdict",
+    "Item",
+    "Outbound",
+    "Outgoing",
+    "Sender",
+    "judge_envelope",
+]
 
 #: Most BDAT chunks sent ahead of their replies under PIPELINING (64 KiB each from files
 #: and bytes, so about half a megabyte in flight).
@@ -49,6 +57,10 @@ class Outgoing(Protocol):
     def envelope(self) -> Envelope | Mapping[str, Any]: ...
 
     def content(self) -> MessageInput: ...
+
+
+#: The type of a run's items (any :class:`Outgoing`), handed back with their outcomes.
+Item = TypeVar("Item", bound=Outgoing)
 
 
 @dataclass(slots=True)
@@ -190,7 +202,7 @@ class Sender:
         mail = self._mail_command(out)
         n = len(env.rcpt_to)
         if pipelining:
-            batch = [mail, *(p.rcpt(r, dsn=env.dsn) for r in out.rcpt_to)]
+            batch = self._envelope_commands(out, mail)
             if chunking:  # MAIL, RCPT and the whole message: one round trip
                 return self._send_in_one_flight(env, batch, source.chunks)
             batch.append(p.data())
@@ -339,14 +351,24 @@ class Sender:
             _lost_after_end_of_data(exc)
             raise
 
+    def _envelope_commands(self, out: Outbound, mail: bytes) -> list[bytes]:
+        """``mail`` (from :meth:`_mail_command`) and an RCPT for each recipient."""
+        p, dsn = self._protocol, out.envelope.dsn
+        return [mail, *(p.rcpt(recipient, dsn=dsn) for recipient in out.rcpt_to)]
+
+    def prepare_envelope(self, item: Outgoing) -> tuple[Outbound, list[bytes]]:
+        """The next message of a run, and its MAIL and RCPT commands (one per recipient).
+
+        :raises EnvelopeError: an address needs SMTPUTF8, which the server lacks.
+        :raises MessageError: the message is larger than the server's SIZE.
+        """
+        out = self.prepare(item.content(), Envelope.coerce(item.envelope))
+        return out, self._envelope_commands(out, self._mail_command(out))
+
     def prepare_commands(self, item: Outgoing) -> tuple[Outbound, bytes]:
         """The next message of a run, and its MAIL/RCPT/DATA bytes."""
-        out = self.prepare(item.content(), Envelope.coerce(item.envelope))
-        p, dsn = self._protocol, out.envelope.dsn
-        commands = [self._mail_command(out)]
-        for recipient in out.rcpt_to:
-            commands.append(p.rcpt(recipient, dsn=dsn))
-        commands.append(p.data())
+        out, commands = self.prepare_envelope(item)
+        commands.append(self._protocol.data())
         return out, b"".join(commands)
 
     def send_pipelined(self, out: Outbound, next_commands: Callable[[], bytes]) -> SendResult:

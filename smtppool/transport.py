@@ -19,6 +19,7 @@ import struct
 import sys
 import threading
 import time
+from collections.abc import Callable
 from typing import Any, NoReturn
 
 from .config import Options, make_ssl_context
@@ -51,6 +52,30 @@ def _set_kernel_timeout(sock: socket.socket, seconds: float) -> None:
     value = struct.pack("ll", whole, micros)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVTIMEO, value)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDTIMEO, value)
+
+
+_DONTWAIT: int = getattr(socket, "MSG_DONTWAIT", 0)
+_WOULD_BLOCK = (BlockingIOError, InterruptedError, ssl.SSLWantReadError, ssl.SSLWantWriteError)
+
+
+def _try(call: Callable[[Any, int], Any], arg: Any, flags: int) -> Any:
+    """One non-blocking send or recv: what it returned, or None when it would block."""
+    try:
+        return call(arg, flags)
+    except _WOULD_BLOCK:
+        return None
+
+
+def _wait_ready(sock: socket.socket, timeout: float) -> bool:
+    """Wait until ``sock`` can be written to or has something to read (or the timeout
+    passes: the caller's deadline check says so); True when it has something to read."""
+    if hasattr(select, "poll"):
+        poller = select.poll()
+        poller.register(sock, select.POLLIN | select.POLLOUT)
+        events = poller.poll(timeout * 1000)
+        return any(event & (select.POLLIN | select.POLLERR | select.POLLHUP) for _, event in events)
+    readable, _, _ = select.select([sock], [sock], [sock], timeout)
+    return bool(readable)
 
 
 def remaining(deadline: float, doing: str) -> float:
@@ -96,6 +121,8 @@ class Transport:
         self.addresses_tried: list[str] = []
         #: Set by abort(): the session was cut from another thread.
         self.aborted = False
+        #: Bytes the kernel took from :meth:`write_reading` (a running count).
+        self.bytes_sent = 0
 
     # -- opening -------------------------------------------------------------------------
 
@@ -244,6 +271,44 @@ class Transport:
                 sent += sock.send(memoryview(data)[sent:])
         except OSError as exc:
             translate(exc, "sending data", self.options.host)
+
+    def write_reading(self, data: bytes, received: Callable[[bytes], None]) -> None:
+        """Send all of ``data`` within ``socket_timeout``, handing what the server says
+        meanwhile to ``received`` (``b""``: it hung up, and ConnectError is raised).
+
+        A server may stop reading until its replies are read; a plain :meth:`write` would
+        then wait for it while it waits for us, so a write that leaves replies unread
+        behind it must read as it goes.  :attr:`bytes_sent` counts what the kernel took,
+        so a caller knows, when the connection fails, which bytes never left.
+        """
+        sock = self.connected()
+        tls = sock if isinstance(sock, ssl.SSLSocket) else None
+        # A kernel-timed plaintext socket stays blocking and takes per-call flags; any
+        # other socket (TLS takes no flags) is non-blocking for the length of the write.
+        flags = 0 if self._kernel_timeout is None else _DONTWAIT
+        view, deadline = memoryview(data), time.monotonic() + self.options.socket_timeout
+        try:
+            if not flags:
+                sock.settimeout(0.0)
+            while view:
+                sent = _try(sock.send, view, flags)
+                if sent:
+                    self.bytes_sent += sent
+                    view = view[sent:]
+                    continue
+                readable = _wait_ready(sock, remaining(deadline, "sending data"))
+                if readable or (tls is not None and tls.pending()):
+                    got = _try(sock.recv, READ_CHUNK_BYTES, flags)
+                    if got is not None:
+                        received(got)
+                        if not got:
+                            raise ConnectError("connection closed by the server while sending data")
+        except OSError as exc:
+            translate(exc, "sending data", self.options.host)
+        finally:
+            if not flags and self.sock is sock:
+                with contextlib.suppress(OSError):
+                    sock.settimeout(self.options.socket_timeout)
 
     def receive(self, deadline: float, doing: str) -> bytes:
         """The next bytes from the server before ``deadline`` (``b""``: it closed)."""

@@ -9,10 +9,14 @@ reply the server never sends fails at once with a timeout instead of hanging.  (
 socketpair underneath gives the stand-in a file descriptor, only so that the client's
 idle check can ``select()`` on it; no byte travels through it.)
 
-The server is a small sink: EHLO (with the extensions given), MAIL, RCPT (refusing the
-addresses given), DATA with dot-unstuffing (refused at its end when asked), RSET, NOOP,
-QUIT; :meth:`MemoryServer.hang_up`
-closes every connection as a server's idle timeout would.
+The server is a small sink: EHLO (with the extensions given), MAIL (refusing the
+senders given), RCPT (refusing the addresses given), DATA with dot-unstuffing (refused
+at its end when asked), BDAT (CHUNKING; a refused transaction stays open until RSET, the
+strictest reading of RFC 3030), RSET, NOOP, QUIT; :meth:`MemoryServer.hang_up` closes
+every connection as a server's idle timeout would, and ``drop_after=n`` makes each
+connection go silent after its n-th reply and hang up: the commands it has read are
+still carried out (a message may be delivered without its reply ever leaving), and
+later writes fail as on a reset connection.
 """
 
 from __future__ import annotations
@@ -39,6 +43,11 @@ class _Session:
     mail_from: str | None = None
     rcpt_to: list[str] = field(default_factory=list)
     content: list[bytes] | None = None  # collecting DATA
+    chunks: list[bytes] | None = None  # collecting BDAT chunks
+    bdat_left: int = 0  # bytes of the current chunk still to come
+    bdat_last: bool = False
+    bdat_failed: bool = False  # the chunk in progress is refused when complete
+    replies: int = 0
 
 
 class MemorySocket(socket.socket):
@@ -52,12 +61,15 @@ class MemorySocket(socket.socket):
         self._incoming: deque[bytes] = deque([b"220 memory ESMTP\r\n"])
         self._pending = b""  # a partial command line
         self.closed_by_server = False
+        self.broken = False  # the server reset the connection: writes fail
         self.written: list[bytes] = []  # each write, as the client made it
 
     # -- what the client calls --------------------------------------------------------
 
     def send(self, data: Any, flags: int = 0) -> int:
         data = bytes(data)
+        if self.broken:
+            raise BrokenPipeError(32, "Broken pipe")
         self.written.append(data)
         if not self.closed_by_server:
             self._server.feed(self, data)
@@ -86,6 +98,11 @@ class MemorySocket(socket.socket):
     # -- what the server does ---------------------------------------------------------
 
     def reply(self, data: bytes) -> None:
+        session, limit = self._session, self._server.drop_after
+        if limit is not None and session.replies >= limit:
+            self.closed_by_server = self.broken = True
+            return
+        session.replies += 1
         self._incoming.append(data)
 
     def hang_up(self) -> None:
@@ -102,11 +119,15 @@ class MemoryServer:
         *,
         extensions: Iterable[str] = ("PIPELINING", "8BITMIME"),
         refuse: Iterable[str] = (),
+        refuse_senders: Iterable[str] = (),
         refuse_data: bool = False,
+        drop_after: int | None = None,
     ) -> None:
         self.extensions = list(extensions)
         self.refuse = set(refuse)
+        self.refuse_senders = set(refuse_senders)
         self.refuse_data = refuse_data  # 554 at every end of data
+        self.drop_after = drop_after  # replies per connection before it goes dead
         self.messages: list[Received] = []
         self.connections: list[MemorySocket] = []
         self._lock = threading.Lock()
@@ -124,10 +145,46 @@ class MemoryServer:
             sock.hang_up()
 
     def feed(self, sock: MemorySocket, data: bytes) -> None:
-        data = sock._pending + data
-        *lines, sock._pending = data.split(b"\r\n")
-        for line in lines:
-            self._line(sock, sock._session, line)
+        data, session = sock._pending + data, sock._session
+        while data:
+            if session.bdat_left:
+                chunk, data = data[: session.bdat_left], data[session.bdat_left :]
+                session.bdat_left -= len(chunk)
+                if session.chunks is not None:
+                    session.chunks.append(chunk)
+                if not session.bdat_left:
+                    self._chunk_done(sock, session)
+                continue
+            line, crlf, rest = data.partition(b"\r\n")
+            if not crlf:
+                break
+            data = rest
+            self._line(sock, session, line)
+        sock._pending = data
+
+    def _bdat(self, sock: MemorySocket, session: _Session, rest: str) -> None:
+        size, _, last = rest.partition(" ")
+        session.bdat_left, session.bdat_last = int(size), last.upper() == "LAST"
+        session.bdat_failed = session.mail_from is None or not session.rcpt_to
+        if session.chunks is None:
+            session.chunks = []
+        if not session.bdat_left:
+            self._chunk_done(sock, session)
+
+    def _chunk_done(self, sock: MemorySocket, session: _Session) -> None:
+        if session.bdat_failed:  # the transaction stays open: only RSET ends it
+            session.chunks = None
+            sock.reply(b"503 5.5.1 no valid recipients\r\n")
+        elif session.bdat_last and self.refuse_data:
+            session.chunks = None
+            sock.reply(b"554 5.7.1 message refused\r\n")
+        elif session.bdat_last:
+            assert session.chunks is not None
+            self._deliver(session, b"".join(session.chunks))
+            session.chunks = None
+            sock.reply(b"250 2.0.0 queued\r\n")
+        else:
+            sock.reply(b"250 2.0.0 chunk ok\r\n")
 
     def _line(self, sock: MemorySocket, session: _Session, line: bytes) -> None:
         if session.content is not None:  # inside DATA
@@ -148,11 +205,20 @@ class MemoryServer:
             lines = [f"250-{k}" for k in keywords[:-1]] + [f"250 {keywords[-1]}"]
             sock.reply(("\r\n".join(lines) + "\r\n").encode())
         elif verb == "MAIL":
-            session.mail_from, session.rcpt_to = _address(rest), []
-            sock.reply(b"250 2.1.0 ok\r\n")
+            if session.mail_from is not None:
+                sock.reply(b"503 5.5.1 nested MAIL command\r\n")
+            elif _address(rest) in self.refuse_senders:
+                sock.reply(b"553 5.7.1 sender refused\r\n")
+            else:
+                session.mail_from, session.rcpt_to = _address(rest), []
+                sock.reply(b"250 2.1.0 ok\r\n")
+        elif verb == "BDAT":
+            self._bdat(sock, session, rest)
         elif verb == "RCPT":
             address = _address(rest)
-            if address in self.refuse:
+            if session.mail_from is None:
+                sock.reply(b"503 5.5.1 need MAIL\r\n")
+            elif address in self.refuse:
                 sock.reply(b"550 5.1.1 no such user\r\n")
             else:
                 session.rcpt_to.append(address)
@@ -165,7 +231,7 @@ class MemoryServer:
                 sock.reply(b"354 go ahead\r\n")
         elif verb in ("RSET", "NOOP"):
             if verb == "RSET":
-                session.mail_from, session.rcpt_to = None, []
+                session.mail_from, session.rcpt_to, session.chunks = None, [], None
             sock.reply(b"250 ok\r\n")
         elif verb == "QUIT":
             sock.reply(b"221 bye\r\n")

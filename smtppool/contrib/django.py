@@ -41,6 +41,8 @@ POOL_OPTIONS = frozenset(
         "service",
         "max_connections",
         "max_messages",
+        "stack_messages",
+        "stack_bytes",
         "idle_timeout",
         "connection_ttl",
         "retries",

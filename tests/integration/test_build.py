@@ -33,6 +33,7 @@ def test_compiled_modules_name_the_extension_modules_all_or_none() -> None:
             "smtppool.pipelining",
             "smtppool.protocol",
             "smtppool.replies",
+            "smtppool.stacking",
             "smtppool.states",
             "smtppool.transaction",
             "smtppool.transport",

@@ -62,7 +62,7 @@ LAYERS: list[set[str]] = [
     {"transport"},
     {"channel"},
     {"handshake", "login", "transaction"},
-    {"pipelining"},
+    {"pipelining", "stacking"},
     {"connection"},
     {"idle", "housekeeping"},
     {"connections"},
