@@ -6,7 +6,8 @@ core 1 and each client to core 0, because unpinned figures swing threefold on a
 two-core machine.  Clients run interleaved, round after round; the report gives medians
 with min-max and smtppool's ratio to each peer measured in the same run.
 
-The full mode also measures delivery under pushback (``benchmarks/pushback.py``).
+The full mode also measures delivery under pushback (``benchmarks/pushback.py``) and
+stacked CHUNKING transactions by window at 20 and 80 ms (``benchmarks/stacking.py``).
 
 smtppool's clients import the installed smtppool: in a virtualenv holding the compiled
 wheel, "smtppool pool" is the compiled code and "pure Python" a copy of the source, both
@@ -281,6 +282,7 @@ CLIENTS = [  # (label, client kind, connections, CHUNKING sink)
     ("smtplib 5 threads", "smtplib", 5, False),
     ("aiosmtplib 5 connections", "aiosmtplib", 5, False),
     ("Nodemailer pool", "nodemailer", 5, False),
+    ("Nodemailer pool, BDAT sink", "nodemailer", 5, True),
     ("smtp-source", "smtp-source", 5, False),
 ]
 
@@ -385,6 +387,12 @@ def main(argv: list[str] | None = None) -> int:
         results["pushback"] = pushback.run(rounds)
         print(pushback.table(results["pushback"]))
         pushback.write_section(HERE.parent / "docs", pushback.section(results["pushback"], rounds))
+        from . import stacking  # it imports this module's helpers
+
+        results["stacking"] = stacking.run(rounds)
+        print(stacking.table(results["stacking"]))
+        section = stacking.section(results["stacking"], rounds)
+        pushback.write_section(HERE.parent / "docs", section, "stacking")
         print(f"wrote {HERE.parent / 'docs' / 'benchmarks.rst'} and its plots")
     path = Path(args.json)
     path.parent.mkdir(parents=True, exist_ok=True)

@@ -21,6 +21,8 @@ FROM, TO = "bench@example.com", "sink@example.com"
 #: A directory holding a source-only copy of the package: import smtppool from there,
 #: as a pure-Python install would.
 PURE_SOURCE = "SMTPPOOL_BENCH_PURE_SOURCE"
+#: ``stack_messages`` for the smtppool pool clients (the option's default when unset).
+STACK = "SMTPPOOL_BENCH_STACK"
 
 
 def message(size: int = 2048) -> bytes:
@@ -64,12 +66,14 @@ def bench_pool(port: int, conns: int) -> Any:
     """The pool every smtppool pool client measures: connections never retired."""
     import smtppool
 
+    stack = {"stack_messages": int(os.environ[STACK])} if os.environ.get(STACK) else {}
     return smtppool.SMTPPool(
         host="127.0.0.1",
         port=port,
         max_connections=conns,
         max_messages=10**9,
         name="bench.example.com",
+        **stack,
     )
 
 

@@ -166,13 +166,15 @@ messages received more than once; *unknown*: failures smtppool reported
 """
 
 
-def write_section(docs: Path, text: str) -> None:
-    """Replace the pushback section of docs/benchmarks.rst (or add it at the end)."""
+def write_section(docs: Path, text: str, name: str = "pushback") -> None:
+    """Replace the section between ``.. <name>: start`` and ``.. <name>: end`` markers
+    of docs/benchmarks.rst (or add it at the end); ``text`` carries the markers."""
     path = docs / "benchmarks.rst"
     current = path.read_text("utf-8") if path.exists() else ""
-    if SECTION_START in current:
-        before = current[: current.index(SECTION_START)]
-        after = current[current.index(SECTION_END) + len(SECTION_END) :].lstrip("\n")
+    start, end = f".. {name}: start", f".. {name}: end"
+    if start in current:
+        before = current[: current.index(start)]
+        after = current[current.index(end) + len(end) :].lstrip("\n")
         current = before + text + ("\n" + after if after else "")
     else:
         current = current.rstrip("\n") + "\n\n" + text

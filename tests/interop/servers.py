@@ -33,6 +33,8 @@ from ..servers import wait_until
 
 ROOT = Path(os.environ.get("SMTPPOOL_INTEROP_ROOT", "/opt/smtppool-interop"))
 DOMAIN = "example.test"
+#: A sender Postfix and Exim refuse at MAIL FROM.
+REFUSED_SENDER = f"refused@{DOMAIN}"
 MAILBOXES = ("alice", "bob", "sender")
 USER = "alice"
 PASSWORD = "interop-s3cret"
@@ -380,6 +382,10 @@ class Postfix(MailServer):
                 # Refuse clients that pipeline before PIPELINING is offered (RFC 2920).
                 "smtpd_data_restrictions = reject_unauth_pipelining",
                 "smtpd_error_sleep_time = 0",  # no tarpit for the wrong-password test
+                # Refuse one sender at MAIL FROM (not delayed to RCPT).
+                "smtpd_delay_reject = no",
+                "smtpd_sender_restrictions = check_sender_access"
+                f" inline:{{ {{ {REFUSED_SENDER} = 553 5.7.1 sender refused here }} }}",
             )
         )
         # Debian's master.cf, with no chroot and smtpd on our port only.
@@ -472,10 +478,17 @@ class Exim(MailServer):
                 "pipelining_advertise_hosts = *",
                 "message_size_limit = 20M",
                 "accept_8bitmime = true",
+                "smtp_accept_queue_per_connection = 0",  # deliver at once: no queue runner
                 f"domainlist local_domains = {DOMAIN}",
                 "acl_smtp_rcpt = acl_check_rcpt",
+                "acl_smtp_mail = acl_check_mail",
                 "",
                 "begin acl",
+                "acl_check_mail:",
+                f"  deny   senders = {REFUSED_SENDER}",
+                "         message = 5.7.1 sender refused here",
+                "  accept",
+                "",
                 "acl_check_rcpt:",
                 "  accept domains = +local_domains",
                 f"         local_parts = {boxes}",
