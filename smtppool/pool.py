@@ -44,7 +44,8 @@ CLOSE_TIMEOUT = 60.0
 HOUSEKEEPING_INTERVAL = 1.0
 #: send_many's default window, per connection: each connection has about two messages
 #: on the wire when pipelining, and half a window must still be queued behind them
-#: while the caller sleeps (see send_many).
+#: while the caller sleeps (see send_many). A connection that stacks transactions
+#: keeps up to ``stack_messages`` on the wire, so the window is then twice that.
 SEND_MANY_WINDOW = 8
 
 EnvelopeInput = Envelope | Mapping[str, Any]
@@ -201,15 +202,20 @@ class SMTPPool:
     ) -> Iterator[SendResult | SMTPError]:
         """Send a stream of messages, yielding one outcome per message in input order.
 
-        At most ``window`` messages (default ``8 * max_connections``) are pending at once,
-        so any iterable, a generator of millions included, streams in bounded memory.
+        At most ``window`` messages are pending at once (default ``max_connections``
+        times 8 or ``2 * stack_messages``, whichever is larger, so that stacking
+        connections stay fed), and any iterable, a generator of millions included,
+        streams in bounded memory.
         Items are messages or ``(message, envelope)`` pairs.
 
         When the oldest outcome is not in yet, the caller sleeps until the middle of the
         window has settled rather than waking for each outcome: one wake-up per half a
         window, while the other half keeps every connection's stream fed.
         """
-        limit = window or SEND_MANY_WINDOW * self.options.max_connections
+        options = self.options
+        limit = window or options.max_connections * max(
+            SEND_MANY_WINDOW, 2 * options.stack_messages
+        )
         pending: deque[Completion] = deque()
         for item in messages:
             message, envelope = item if isinstance(item, tuple) else (item, None)
