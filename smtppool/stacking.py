@@ -228,9 +228,8 @@ class StackedRun(Generic[Item]):
             channel.require_ready()
         try:
             while True:
+                yield from self._settled()  # first: a settled message leaves the window
                 self._fill()
-                self._take_received()
-                yield from self._settled()
                 if self._owed:
                     self._take(channel.read_reply(doing="waiting for the replies to messages"))
                     self._take_received()

@@ -63,6 +63,8 @@ class MemorySocket(socket.socket):
         self.closed_by_server = False
         self.broken = False  # the server reset the connection: writes fail
         self.written: list[bytes] = []  # each write, as the client made it
+        #: Each write ("C", data) and each reply read ("S", data), in the client's order.
+        self.transcript: list[tuple[str, bytes]] = []
 
     # -- what the client calls --------------------------------------------------------
 
@@ -71,6 +73,7 @@ class MemorySocket(socket.socket):
         if self.broken:
             raise BrokenPipeError(32, "Broken pipe")
         self.written.append(data)
+        self.transcript.append(("C", data))
         if not self.closed_by_server:
             self._server.feed(self, data)
         return len(data)
@@ -80,7 +83,9 @@ class MemorySocket(socket.socket):
 
     def recv(self, size: int, flags: int = 0) -> bytes:
         if self._incoming:
-            return self._incoming.popleft()
+            reply = self._incoming.popleft()
+            self.transcript.append(("S", reply))
+            return reply
         if self.closed_by_server:
             return b""
         raise TimeoutError("the in-memory server owes no reply: the client would wait forever")

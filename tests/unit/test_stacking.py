@@ -74,6 +74,24 @@ def test_a_stack_delivers_each_message_once_several_to_a_write(
     assert conn.send(Envelope("a@x.org", "last@x.org"), b"x\r\n").accepted == ["last@x.org"]
 
 
+@pytest.mark.parametrize("window", [2, 3, 8])
+def test_a_message_settled_leaves_the_window_before_the_next_write(
+    connect: Callable[..., SMTPConnection], window: int
+) -> None:
+    """The next message goes out as soon as a reply settles one (here each read brings
+    one reply), not after a further reply: a window of w keeps w messages in flight,
+    where waiting one more reply would leave w - 1 a round trip apart."""
+    server = MemoryServer(extensions=CHUNKING)
+    conn = connect(server, stack_messages=window, max_messages=10_000)
+    outcomes = list(conn.send_each(iter([Item(i) for i in range(5 * window)])))
+    assert all(isinstance(outcome, SendResult) for _, outcome in outcomes)
+    transcript = server.connections[0].transcript
+    writes = [i for i, (side, data) in enumerate(transcript) if b"MAIL FROM:" in data]
+    assert len(writes) == 1 + 4 * window  # the first fills the window, then one by one
+    for i in writes[1:]:
+        assert transcript[i - 1] == ("S", b"250 2.0.0 queued\r\n")  # the settling reply
+
+
 def test_a_window_of_one_sends_one_transaction_per_round_trip(
     connect: Callable[..., SMTPConnection],
 ) -> None:
