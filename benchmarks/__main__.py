@@ -467,15 +467,22 @@ def batch_curve(rounds: int = 3) -> list[dict[str, Any]]:
     return out
 
 
-def machine() -> dict[str, Any]:
+@functools.cache
+def clients_compiled() -> list[str]:
+    """The smtppool modules compiled in the install the clients import (from
+    :func:`client_dir`), which is not the checkout this process may import."""
     probe = "import json, smtppool; print(json.dumps(smtppool.compiled_modules()))"
     compiled = subprocess.run(
         [sys.executable, "-c", probe], cwd=client_dir(), capture_output=True, text=True
     ).stdout
+    return list(json.loads(compiled))
+
+
+def machine() -> dict[str, Any]:
     return {
         "cpus": os.cpu_count(),
         "python": sys.version.split()[0],
-        "compiled": json.loads(compiled),  # what the clients import
+        "compiled": clients_compiled(),  # what the clients import
         "platform": sys.platform,
         "pinned": bool(shutil.which("taskset")),
     }

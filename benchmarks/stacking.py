@@ -18,7 +18,15 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from .__main__ import HERE, ceiling, ensure_peers, round_trip_ms, run_client, sink_and_proxy
+from .__main__ import (
+    HERE,
+    ceiling,
+    clients_compiled,
+    ensure_peers,
+    round_trip_ms,
+    run_client,
+    sink_and_proxy,
+)
 from .clients import STACK
 from .pushback import write_section
 
@@ -99,9 +107,7 @@ def table(rows: list[dict[str, Any]]) -> str:
 def section(rows: list[dict[str, Any]], rounds: int) -> str:
     """The reStructuredText section of docs/benchmarks.rst, between its markers."""
     body = "\n".join("   " + line if line else "" for line in table(rows).splitlines())
-    import smtppool
-
-    install = ", ".join(smtppool.compiled_modules()) or "none (a pure-Python install)"
+    install = ", ".join(clients_compiled()) or "none (a pure-Python install)"
     return f""".. stacking: start
 
 Stacked CHUNKING transactions

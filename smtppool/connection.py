@@ -231,6 +231,15 @@ class SMTPConnection:
         for _, outcome in self.send_each(items):
             yield outcome
 
+    @property
+    def stacks(self) -> bool:
+        """Whether a run on this session stacks transactions: the server offers CHUNKING
+        and PIPELINING, the session is not LMTP, and ``stack_messages`` is over 1."""
+        ext, opts = self.extensions, self.options
+        return (
+            "CHUNKING" in ext and "PIPELINING" in ext and not opts.lmtp and opts.stack_messages > 1
+        )
+
     def send_each(self, items: Iterable[Item]) -> Iterator[tuple[Item, SendResult | SMTPError]]:
         """Send each item (an envelope, and ``content()`` asked for once, when it goes
         out) and yield it with its outcome, in order.
@@ -245,13 +254,13 @@ class SMTPConnection:
         announced behind a lost end of data comes back with a ConnectError without
         ``delivery_unknown`` (its data never left), so it may be retried.
         """
-        ext, stream, opts = self.extensions, iter(items), self.options
+        stream = iter(items)
         run: Iterable[tuple[Item, SendResult | SMTPError]] | None = None
-        if "PIPELINING" in ext and not opts.lmtp:
-            if "CHUNKING" not in ext:
+        if self.stacks:
+            run = StackedRun(self._channel, self._sender, stream)
+        elif "PIPELINING" in self.extensions and not self.options.lmtp:
+            if "CHUNKING" not in self.extensions:
                 run = PipelinedRun(self._channel, self._sender, stream)
-            elif opts.stack_messages > 1:
-                run = StackedRun(self._channel, self._sender, stream)
         if run is not None:
             for item, outcome in run:
                 if isinstance(outcome, SendResult):

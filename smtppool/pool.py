@@ -44,8 +44,10 @@ CLOSE_TIMEOUT = 60.0
 HOUSEKEEPING_INTERVAL = 1.0
 #: send_many's default window, per connection: each connection has about two messages
 #: on the wire when pipelining, and half a window must still be queued behind them
-#: while the caller sleeps (see send_many). A connection that stacks transactions
-#: keeps up to ``stack_messages`` on the wire, so the window is then twice that.
+#: while the caller sleeps (see send_many). Once the pool's connections stack
+#: transactions, each keeps up to ``stack_messages`` on the wire, and the window per
+#: connection grows to twice that (not before: at loopback a window larger than the
+#: connections need costs pure-Python CPU, threads contending for the GIL).
 SEND_MANY_WINDOW = 8
 
 EnvelopeInput = Envelope | Mapping[str, Any]
@@ -202,32 +204,36 @@ class SMTPPool:
     ) -> Iterator[SendResult | SMTPError]:
         """Send a stream of messages, yielding one outcome per message in input order.
 
-        At most ``window`` messages are pending at once (default ``max_connections``
-        times 8 or ``2 * stack_messages``, whichever is larger, so that stacking
-        connections stay fed), and any iterable, a generator of millions included,
-        streams in bounded memory.
+        At most ``window`` messages are pending at once (default ``8 * max_connections``,
+        or ``2 * stack_messages * max_connections`` once the connections stack
+        transactions, so they stay fed), and any iterable, a generator of millions
+        included, streams in bounded memory.
         Items are messages or ``(message, envelope)`` pairs.
 
         When the oldest outcome is not in yet, the caller sleeps until the middle of the
         window has settled rather than waking for each outcome: one wake-up per half a
         window, while the other half keeps every connection's stream fed.
         """
-        options = self.options
-        limit = window or options.max_connections * max(
-            SEND_MANY_WINDOW, 2 * options.stack_messages
-        )
         pending: deque[Completion] = deque()
         for item in messages:
             message, envelope = item if isinstance(item, tuple) else (item, None)
             done = Completion()
             self._enqueue(message, envelope, done)
             pending.append(done)
-            if len(pending) >= limit:
+            limit = window or self._default_window()
+            while len(pending) >= limit:
                 if not pending[0].settled:
                     pending[(limit - 1) // 2].wait()
                 yield pending.popleft().outcome()
         while pending:
             yield pending.popleft().outcome()
+
+    def _default_window(self) -> int:
+        options = self.options
+        per_connection = SEND_MANY_WINDOW
+        if self._workers.stacking:
+            per_connection = max(per_connection, 2 * options.stack_messages)
+        return per_connection * options.max_connections
 
     def is_idle(self) -> bool:
         """True while fewer than ``max_connections`` messages are queued or in flight."""

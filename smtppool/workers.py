@@ -76,6 +76,8 @@ class Workers:
         self.running = 0  # worker loops
         self.stopping = False  # close(wait=False), or close() timed out: nothing new starts
         self.counts = dict.fromkeys(("sent", "failed", "retried"), 0)
+        #: Whether the latest run stacked transactions (send_many sizes its window by it).
+        self.stacking = False
 
     def shut_down(self) -> None:
         """Start no more loops; wait for the executor's threads when none runs."""
@@ -279,6 +281,7 @@ class Workers:
                 in_flight.clear()
                 self._complete(job, None)
                 return retry
+            self.stacking = connection.stacks
             for done, outcome in connection.send_each(self._run_for(connection, in_flight)):
                 in_flight.remove(done)
                 self._judge_outcome(done, outcome, reused, retry)

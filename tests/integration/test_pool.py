@@ -545,27 +545,39 @@ def test_send_many_streams_in_order_with_bounded_pending(
     assert len(sink.messages) == 594
 
 
-@pytest.mark.parametrize(("stack_messages", "expected"), [(1, 8), (4, 8), (16, 32)])
+@pytest.mark.parametrize(
+    ("extensions", "stack_messages", "expected"),
+    [
+        (["PIPELINING", "CHUNKING"], 1, 8),
+        (["PIPELINING", "CHUNKING"], 4, 8),
+        (["PIPELINING", "CHUNKING"], 16, 32),
+        (["PIPELINING"], 16, 8),  # no CHUNKING: nothing stacks
+    ],
+)
 def test_send_many_default_window_feeds_a_stack(
-    smtpd: SinkFactory, make_pool: Callable[..., SMTPPool], stack_messages: int, expected: int
+    smtpd: SinkFactory,
+    make_pool: Callable[..., SMTPPool],
+    extensions: list[str],
+    stack_messages: int,
+    expected: int,
 ) -> None:
-    """The default window is per connection 8, or twice stack_messages when that is
-    larger: a stacking connection must find a stack's worth queued behind the one it
-    is writing."""
-    sink = smtpd()
+    """The default window is per connection 8, or twice stack_messages once the
+    connections stack transactions: a stacking connection must find a stack's worth
+    queued behind the one it is writing; others need no more than 8."""
+    sink = smtpd(extensions=extensions)
     pool = make_pool(sink, max_connections=2, stack_messages=stack_messages)
     produced = consumed = most_ahead = 0
 
     def generate() -> Iterator[bytes]:
         nonlocal produced, most_ahead
-        for _ in range(200):
+        for _ in range(300):
             produced += 1
             most_ahead = max(most_ahead, produced - consumed)
             yield RAW
 
     for _ in pool.send_many(generate()):
         consumed += 1
-    assert consumed == 200 and len(sink.messages) == 200
+    assert consumed == 300 and len(sink.messages) == 300
     assert most_ahead == 2 * expected  # max_connections=2
 
 
