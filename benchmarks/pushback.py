@@ -17,6 +17,7 @@ import os
 import statistics
 import subprocess
 import sys
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -181,17 +182,30 @@ def write_section(docs: Path, text: str, name: str = "pushback") -> None:
     path.write_text(current, "utf-8")
 
 
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m benchmarks.pushback", description=__doc__)
+def section_main(
+    name: str,
+    description: str | None,
+    run: Callable[[int], list[dict[str, Any]]],
+    table: Callable[[list[dict[str, Any]]], str],
+    section: Callable[[list[dict[str, Any]], int], str],
+    argv: list[str] | None,
+) -> int:
+    """The command line of a benchmark that regenerates one section of
+    docs/benchmarks.rst: ``python -m benchmarks.<name> [--rounds N] [--no-docs]``."""
+    parser = argparse.ArgumentParser(prog=f"python -m benchmarks.{name}", description=description)
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--no-docs", action="store_true", help="print only")
     args = parser.parse_args(argv)
     rows = run(args.rounds)
     print(table(rows))
     if not args.no_docs:
-        write_section(HERE.parent / "docs", section(rows, args.rounds))
-        print(f"wrote the pushback section of {HERE.parent / 'docs' / 'benchmarks.rst'}")
+        write_section(HERE.parent / "docs", section(rows, args.rounds), name)
+        print(f"wrote the {name} section of {HERE.parent / 'docs' / 'benchmarks.rst'}")
     return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    return section_main("pushback", __doc__, run, table, section, argv)
 
 
 if __name__ == "__main__":

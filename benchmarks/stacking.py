@@ -11,15 +11,12 @@ its section of ``docs/benchmarks.rst``.
 
 from __future__ import annotations
 
-import argparse
 import os
 import statistics
 import sys
-from pathlib import Path
 from typing import Any
 
 from .__main__ import (
-    HERE,
     ceiling,
     clients_compiled,
     ensure_peers,
@@ -28,7 +25,7 @@ from .__main__ import (
     sink_and_proxy,
 )
 from .clients import STACK
-from .pushback import write_section
+from .pushback import section_main
 
 WINDOWS = (1, 2, 4, 8, 16, 32)
 RTTS = (20, 80)
@@ -132,16 +129,7 @@ interleaved rounds, medians.  smtppool modules compiled: {install}; Python
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m benchmarks.stacking", description=__doc__)
-    parser.add_argument("--rounds", type=int, default=3)
-    parser.add_argument("--no-docs", action="store_true", help="print only")
-    args = parser.parse_args(argv)
-    rows = run(args.rounds)
-    print(table(rows))
-    if not args.no_docs:
-        write_section(HERE.parent / "docs", section(rows, args.rounds), "stacking")
-        print(f"wrote the stacking section of {Path(HERE.parent / 'docs' / 'benchmarks.rst')}")
-    return 0
+    return section_main("stacking", __doc__, run, table, section, argv)
 
 
 if __name__ == "__main__":

@@ -32,22 +32,6 @@ class Item:
         return self.body
 
 
-@pytest.fixture
-def connect() -> Iterator[Callable[..., SMTPConnection]]:
-    """Factory: a connected SMTPConnection to a server; closed at teardown."""
-    made: list[SMTPConnection] = []
-
-    def make(server: MemoryServer, **options: object) -> SMTPConnection:
-        conn = SMTPConnection(host="memory.test", sock=server.connect(), **options)
-        made.append(conn)
-        conn.connect()
-        return conn
-
-    yield make
-    for conn in made:
-        conn.close()
-
-
 def test_a_run_pipelines_one_write_per_message_and_pairs_each_outcome(
     connect: Callable[..., SMTPConnection],
 ) -> None:

@@ -4,7 +4,7 @@ stack (see tests/memory.py; no network, no threads)."""
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 
 import pytest
 
@@ -34,21 +34,6 @@ class Item:
 
     def content(self) -> bytes | list[bytes]:
         return self.body if self.pieces is None else self.pieces
-
-
-@pytest.fixture
-def connect() -> Iterator[Callable[..., SMTPConnection]]:
-    made: list[SMTPConnection] = []
-
-    def make(server: MemoryServer, **options: object) -> SMTPConnection:
-        conn = SMTPConnection(host="memory.test", sock=server.connect(), **options)
-        made.append(conn)
-        conn.connect()
-        return conn
-
-    yield make
-    for conn in made:
-        conn.close()
 
 
 def transactions_per_write(server: MemoryServer) -> list[int]:
